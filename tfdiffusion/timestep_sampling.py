@@ -1,0 +1,88 @@
+"""Samplers of training timesteps: uniform, and Improved DDPM's loss-second-moment importance sampling."""
+
+import keras
+import tensorflow as tf
+
+__all__ = ["TIMESTEP_SAMPLERS", "UniformTimesteps", "LossSecondMomentTimesteps", "create"]
+
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
+
+
+class UniformTimesteps(keras.layers.Layer):
+    """t ~ Uniform{0, ..., T-1}, every example weighted 1."""
+
+    def __init__(self, num_timesteps, **kwargs):
+        super().__init__(**kwargs)
+        self.num_timesteps = int(num_timesteps)
+
+    def probabilities(self):
+        """float32 `[T]` probabilities of each timestep."""
+        return tf.fill([self.num_timesteps], 1.0 / self.num_timesteps)
+
+    def sample(self, batch_size, seed):
+        """Draws timesteps for a batch.
+
+        Args:
+            batch_size: int scalar B.
+            seed: `[2]` int seed.
+
+        Returns:
+            `(t int32 [B], weights float32 [B])` with weights 1 / (T p(t)), so
+            that the weighted mean of per-step losses is an unbiased estimate
+            of their uniform average.
+        """
+        logits = tf.math.log(self.probabilities())[tf.newaxis]
+        t = tf.random.stateless_categorical(logits, batch_size, seed, dtype=tf.int32)[0]
+        weights = 1.0 / (self.num_timesteps * tf.gather(self.probabilities(), t))
+        return t, weights
+
+    def update(self, t, losses):
+        """Records per-example losses `[B]` at timesteps `t` `[B]` (no-op here)."""
+        del t, losses
+
+
+class LossSecondMomentTimesteps(UniformTimesteps):
+    """p(t) proportional to sqrt(E[L_t^2]) over the last `history` losses per t.
+
+    Uniform until every timestep has `history` recorded losses; then mixed
+    with `uniform_prob` of the uniform distribution. With several examples at
+    the same t in a batch, one of them is recorded; under a distribution
+    strategy the first replica's losses are recorded.
+
+    References:
+        Nichol & Dhariwal 2021, Sec. 3.3 (Eq. 18), Improved DDPM.
+    """
+
+    def __init__(self, num_timesteps, history=10, uniform_prob=0.001, **kwargs):
+        super().__init__(num_timesteps, **kwargs)
+        self.history = int(history)
+        self.uniform_prob = float(uniform_prob)
+        self.loss_history = self.add_weight(
+            shape=(self.num_timesteps, self.history), initializer="zeros", trainable=False,
+            name="loss_history", aggregation="only_first_replica")
+        self.loss_counts = self.add_weight(
+            shape=(self.num_timesteps,), initializer="zeros", dtype="int32", trainable=False,
+            name="loss_counts", aggregation="only_first_replica")
+
+    def probabilities(self):
+        warm = tf.reduce_all(self.loss_counts >= self.history)
+        weights = tf.sqrt(tf.reduce_mean(tf.square(self.loss_history), axis=1))
+        weights = weights / tf.reduce_sum(weights)
+        weights = weights * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
+        return tf.where(warm, weights, tf.fill([self.num_timesteps], 1.0 / self.num_timesteps))
+
+    def update(self, t, losses):
+        slots = tf.gather(self.loss_counts, t) % self.history
+        self.loss_history.assign(tf.tensor_scatter_nd_update(
+            self.loss_history, tf.stack([t, slots], axis=1), tf.cast(losses, tf.float32)))
+        self.loss_counts.assign(tf.tensor_scatter_nd_max(
+            self.loss_counts, t[:, None], tf.gather(self.loss_counts, t) + 1))
+
+
+def create(name, num_timesteps):
+    """Builds the timestep sampler called `name` (one of `TIMESTEP_SAMPLERS`)."""
+    if name == "uniform":
+        return UniformTimesteps(num_timesteps, name="timestep_sampler")
+    if name == "loss-second-moment":
+        return LossSecondMomentTimesteps(num_timesteps, name="timestep_sampler")
+    raise ValueError(f"`timestep_sampler` must be one of {TIMESTEP_SAMPLERS}. Received: {name!r}")
