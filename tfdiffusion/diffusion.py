@@ -218,7 +218,7 @@ class GaussianDiffusion:
         """
         x_start = tf.convert_to_tensor(x_start, tf.float32)
         if noise is None:
-            noise = tf.random.stateless_normal(tf.shape(x_start), samplers.seed_pair(seed))
+            noise = samplers.random_normal(tf.shape(x_start), samplers.seed_pair(seed))
         return (self._extract("sqrt_abar", t, x_start) * x_start
                 + self._extract("sqrt_one_minus_abar", t, x_start) * noise)
 
@@ -345,7 +345,7 @@ class GaussianDiffusion:
         """
         x_start = tf.convert_to_tensor(x_start, tf.float32)
         if noise is None:
-            noise = tf.random.stateless_normal(tf.shape(x_start), samplers.seed_pair(seed))
+            noise = samplers.random_normal(tf.shape(x_start), samplers.seed_pair(seed))
         x_t = self.q_sample(x_start, t, noise=noise)
         output = self._call_model(model_fn, x_t, t, model_kwargs)
         mean_output = tf.split(output, 2, axis=-1)[0] if self.learns_variance else output
@@ -387,7 +387,7 @@ class GaussianDiffusion:
                              f"Received: num_eval_steps={num_eval_steps!r}")
         edges = np.linspace(1, T, num_eval_steps).round().astype(np.int64)
         low, high = edges[:-1], edges[1:]
-        u = tf.random.stateless_uniform([num_eval_steps - 1], samplers.seed_pair(seed))
+        u = samplers.random_uniform([num_eval_steps - 1], samplers.seed_pair(seed))
         picks = tf.constant(low, tf.float32) + tf.floor(u * tf.constant(high - low, tf.float32))
         timesteps = tf.concat([[0], tf.cast(picks, tf.int32)], axis=0)
         weights = tf.constant(np.append(1.0, high - low), tf.float32)
@@ -425,7 +425,7 @@ class GaussianDiffusion:
 
         def body(i, vb_acc, xstart_acc, mse_acc):
             t = tf.fill([batch], timesteps[i])
-            noise = tf.random.stateless_normal(tf.shape(x_start), samplers.fold_in(base_seed, i))
+            noise = samplers.random_normal(tf.shape(x_start), samplers.fold_in(base_seed, i))
             x_t = self.q_sample(x_start, t, noise=noise)
             prediction = self.p_mean_variance(model_fn, x_t, t, clip_denoised, model_kwargs)
             eps = self._predict_eps_from_xstart(x_t, t, prediction["pred_xstart"])

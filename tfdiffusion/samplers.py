@@ -7,6 +7,8 @@ __all__ = [
     "SAMPLERS",
     "seed_pair",
     "fold_in",
+    "random_normal",
+    "random_uniform",
     "classifier_free_guidance",
     "p_sample_loop",
     "ddim_sample_loop",
@@ -32,9 +34,23 @@ def seed_pair(seed=None):
     return seed
 
 
+# One named algorithm: "auto_select" may pick different ones eagerly and under XLA.
+_RNG_ALG = "philox"
+
+
 def fold_in(seed, data):
     """A new `[2]` seed derived from `seed` and an integer `data` (e.g. a step index)."""
-    return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64), alg=_RNG_ALG)
+
+
+def random_normal(shape, seed):
+    """Standard normal float32 of `shape` from a `[2]` seed; the same eagerly and under XLA."""
+    return tf.random.stateless_normal(shape, seed, alg=_RNG_ALG)
+
+
+def random_uniform(shape, seed):
+    """Uniform [0, 1) float32 of `shape` from a `[2]` seed; the same eagerly and under XLA."""
+    return tf.random.stateless_uniform(shape, seed, alg=_RNG_ALG)
 
 
 def classifier_free_guidance(model_fn, guidance_scale, null_label, num_channels):
@@ -74,7 +90,7 @@ def _denoising_loop(diffusion, step_fn, shape, noise, seed):
     """Runs `x <- step_fn(x, t, step_seed)` for t = T-1 .. 0 in a `tf.while_loop`."""
     base_seed = seed_pair(seed)
     if noise is None:
-        noise = tf.random.stateless_normal(shape, fold_in(base_seed, -1))
+        noise = random_normal(shape, fold_in(base_seed, -1))
     x_T = tf.convert_to_tensor(noise, tf.float32)
     if list(x_T.shape) != [int(d) for d in shape] and x_T.shape.is_fully_defined():
         raise ValueError(f"`noise` must have the sample shape {list(shape)}. Received {x_T.shape}")
@@ -99,7 +115,7 @@ def p_sample_loop(diffusion, model_fn, shape, noise=None, seed=None, clip_denois
 
     def step(x, t, step_seed):
         out = diffusion.p_mean_variance(model_fn, x, t, clip_denoised, model_kwargs)
-        z = tf.random.stateless_normal(tf.shape(x), step_seed)
+        z = random_normal(tf.shape(x), step_seed)
         nonzero = tf.reshape(tf.cast(t > 0, tf.float32), [-1] + [1] * (x.shape.rank - 1))
         return out["mean"] + nonzero * tf.exp(0.5 * out["log_variance"]) * z
 
@@ -126,7 +142,7 @@ def ddim_sample_loop(diffusion, model_fn, shape, eta=0.0, noise=None, seed=None,
                   + tf.sqrt(tf.maximum(1.0 - abar_prev - tf.square(sigma), 0.0)) * eps)
         if eta:
             nonzero = tf.reshape(tf.cast(t > 0, tf.float32), [-1] + [1] * (x.shape.rank - 1))
-            x_prev += nonzero * sigma * tf.random.stateless_normal(tf.shape(x), step_seed)
+            x_prev += nonzero * sigma * random_normal(tf.shape(x), step_seed)
         return x_prev
 
     return _denoising_loop(diffusion, step, shape, noise, seed)

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from tfdiffusion import samplers
+
 __all__ = ["TIMESTEP_SAMPLERS", "UniformTimesteps", "LossSecondMomentTimesteps", "create"]
 
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
@@ -31,8 +33,10 @@ class UniformTimesteps(keras.layers.Layer):
             that the weighted mean of per-step losses is an unbiased estimate
             of their uniform average.
         """
-        logits = tf.math.log(self.probabilities())[tf.newaxis]
-        t = tf.random.stateless_categorical(logits, batch_size, seed, dtype=tf.int32)[0]
+        # Inverse-CDF sampling (XLA has no stateless multinomial with int64 seeds).
+        cdf = tf.math.cumsum(self.probabilities())
+        u = samplers.random_uniform([batch_size], seed) * cdf[-1]
+        t = tf.minimum(tf.searchsorted(cdf, u, side="right", out_type=tf.int32), self.num_timesteps - 1)
         weights = 1.0 / (self.num_timesteps * tf.gather(self.probabilities(), t))
         return t, weights
 

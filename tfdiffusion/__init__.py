@@ -1,0 +1,1 @@
+"""tfdiffusion: denoising diffusion models for TensorFlow and Keras."""

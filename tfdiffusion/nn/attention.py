@@ -1,0 +1,103 @@
+"""`AttentionBlock`: multi-head self-attention over the pixels of a feature map."""
+
+import keras
+from keras import ops
+
+from tfdiffusion.nn.normalization import check_num_groups
+from tfdiffusion.nn.normalization import group_norm
+
+
+@keras.saving.register_keras_serializable(package="tfdiffusion")
+class AttentionBlock(keras.layers.Layer):
+    """Residual self-attention over the `H * W` positions (DDPM `attn_block`).
+
+    `x + proj(attention(q(n), k(n), v(n)))` with `n = GroupNorm(x)`; the q, k,
+    v and output projections are 1x1 (per-pixel dense) maps of width `C`. The
+    output projection is zero-initialised (as in ADM), so a fresh block is the
+    identity. The softmax runs in float32 even under mixed precision.
+
+    Args:
+        num_heads: Number of attention heads; must divide the channel count.
+            DDPM uses 1.
+        num_groups: GroupNormalization groups; must divide the channel count.
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Call arguments:
+        x: `[B, H, W, C]` feature map.
+
+    Returns:
+        `[B, H, W, C]`.
+
+    References:
+        Ho et al. 2020, App. B; Wang et al. 2018, "Non-local Neural
+        Networks".
+    """
+
+    def __init__(self, num_heads=1, num_groups=32, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(
+                "`num_heads` must be a positive integer. "
+                f"Received: num_heads={num_heads!r}"
+            )
+        check_num_groups(num_groups)
+        self.num_heads = num_heads
+        self.num_groups = num_groups
+        self.norm = group_norm(num_groups, self.dtype_policy, "norm")
+        # The projections are created in build() once C is known.
+        self.query = self.key = self.value = self.proj_out = None
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        check_num_groups(self.num_groups, channels)
+        if channels % self.num_heads:
+            raise ValueError(
+                "`num_heads` must divide the channel count. "
+                f"Received: num_heads={self.num_heads}, channels={channels}"
+            )
+
+        def dense(name, initializer="glorot_uniform"):
+            return keras.layers.Dense(
+                channels,
+                kernel_initializer=initializer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.query = dense("query")
+        self.key = dense("key")
+        self.value = dense("value")
+        self.proj_out = dense("proj_out", "zeros")
+        flat_shape = (input_shape[0], None, channels)
+        self.norm.build(input_shape)
+        for layer in (self.query, self.key, self.value, self.proj_out):
+            layer.build(flat_shape)
+
+    def call(self, x, training=None):
+        batch, height, width, channels = ops.shape(x)
+        head_dim = channels // self.num_heads
+        # [B, N, C] with N = H * W: a free reshape, projections are matmuls.
+        h = ops.reshape(self.norm(x), (batch, height * width, channels))
+        heads = (batch, height * width, self.num_heads, head_dim)
+        # Scale q and k by d^-1/4 each rather than the logits by d^-1/2, so
+        # that float16 logits do not overflow (ADM's QKVAttention).
+        scale = head_dim**-0.25
+        q = ops.reshape(self.query(h) * scale, heads)
+        k = ops.reshape(self.key(h) * scale, heads)
+        v = ops.reshape(self.value(h), heads)
+        logits = ops.einsum("bqhd,bkhd->bhqk", q, k)
+        weights = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        weights = ops.cast(weights, v.dtype)
+        out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = self.proj_out(ops.reshape(out, (batch, height * width, channels)))
+        return x + ops.reshape(out, (batch, height, width, channels))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"num_heads": self.num_heads, "num_groups": self.num_groups}
+        )
+        return config

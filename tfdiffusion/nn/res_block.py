@@ -1,0 +1,114 @@
+"""`ResBlock`: the DDPM/ADM residual block with a timestep-embedding input."""
+
+import keras
+
+from tfdiffusion.nn.normalization import check_num_groups
+from tfdiffusion.nn.normalization import group_norm
+
+
+@keras.saving.register_keras_serializable(package="tfdiffusion")
+class ResBlock(keras.layers.Layer):
+    """Residual block conditioned on an embedding (DDPM `resnet_block`).
+
+    `h = Conv3x3(SiLU(GroupNorm(x))) + Dense(SiLU(emb))[:, None, None, :]`,
+    `h = Conv3x3(Dropout(SiLU(GroupNorm(h))))`, output `skip(x) + h`, where
+    `skip` is the identity when the channel count is unchanged and a 1x1
+    convolution otherwise. The second convolution is zero-initialised (as in
+    ADM), so a fresh block computes `skip(x)`.
+
+    Args:
+        out_channels: Output channel count.
+        dropout: Dropout rate before the second convolution, in [0, 1).
+        num_groups: GroupNormalization groups; must divide both the input and
+            the output channel counts.
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Call arguments:
+        x: `[B, H, W, C_in]` feature map.
+        emb: `[B, D]` conditioning embedding (time, plus class if any).
+        training: Whether dropout is active.
+
+    Returns:
+        `[B, H, W, out_channels]`.
+
+    References:
+        Ho et al. 2020, App. B; Dhariwal & Nichol 2021, "Diffusion Models
+        Beat GANs on Image Synthesis", App. A.
+    """
+
+    def __init__(self, out_channels, dropout=0.0, num_groups=32, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(
+                "`out_channels` must be a positive integer. "
+                f"Received: out_channels={out_channels!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
+            )
+        check_num_groups(num_groups, out_channels)
+        self.out_channels = out_channels
+        self.dropout = dropout
+        self.num_groups = num_groups
+
+        dtype = self.dtype_policy
+        self.norm_1 = group_norm(num_groups, dtype, "norm_1")
+        self.conv_1 = keras.layers.Conv2D(
+            out_channels, 3, padding="same", dtype=dtype, name="conv_1"
+        )
+        self.emb_proj = keras.layers.Dense(
+            out_channels, dtype=dtype, name="emb_proj"
+        )
+        self.norm_2 = group_norm(num_groups, dtype, "norm_2")
+        self.dropout_layer = keras.layers.Dropout(
+            dropout, dtype=dtype, name="dropout"
+        )
+        self.conv_2 = keras.layers.Conv2D(
+            out_channels,
+            3,
+            padding="same",
+            kernel_initializer="zeros",
+            dtype=dtype,
+            name="conv_2",
+        )
+        # Created in build() once the input channel count is known.
+        self.skip = None
+
+    def build(self, x_shape, emb_shape):
+        in_channels = x_shape[-1]
+        check_num_groups(self.num_groups, in_channels)
+        out_shape = tuple(x_shape[:-1]) + (self.out_channels,)
+        self.norm_1.build(x_shape)
+        self.conv_1.build(x_shape)
+        self.emb_proj.build(emb_shape)
+        self.norm_2.build(out_shape)
+        self.conv_2.build(out_shape)
+        if in_channels != self.out_channels:
+            self.skip = keras.layers.Conv2D(
+                self.out_channels, 1, dtype=self.dtype_policy, name="skip"
+            )
+            self.skip.build(x_shape)
+
+    def call(self, x, emb, training=None):
+        silu = keras.activations.silu
+        h = self.conv_1(silu(self.norm_1(x)))
+        h = h + self.emb_proj(silu(emb))[:, None, None, :]
+        h = self.dropout_layer(silu(self.norm_2(h)), training=training)
+        h = self.conv_2(h)
+        skip = x if self.skip is None else self.skip(x)
+        return skip + h
+
+    def compute_output_shape(self, x_shape, emb_shape):
+        return tuple(x_shape[:-1]) + (self.out_channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "out_channels": self.out_channels,
+                "dropout": self.dropout,
+                "num_groups": self.num_groups,
+            }
+        )
+        return config

@@ -1,0 +1,412 @@
+"""`UNet`: the DDPM/ADM noise-prediction network as a Keras model."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfdiffusion.nn.attention import AttentionBlock
+from tfdiffusion.nn.embeddings import TimestepEmbedding
+from tfdiffusion.nn.normalization import check_num_groups
+from tfdiffusion.nn.normalization import group_norm
+from tfdiffusion.nn.res_block import ResBlock
+from tfdiffusion.nn.resample import Downsample
+from tfdiffusion.nn.resample import Upsample
+
+
+def _check_positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _int_tuple(name, values):
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = None
+    if values is None or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
+    ):
+        raise ValueError(
+            f"`{name}` must be a sequence of positive integers. "
+            f"Received: {name}={values!r}"
+        )
+    return values
+
+
+@keras.saving.register_keras_serializable(package="tfdiffusion")
+class UNet(keras.Model):
+    """The DDPM/ADM UNet: predicts noise (and optionally variances).
+
+    Layout (Ho et al. 2020, App. B; Dhariwal & Nichol 2021): a 3x3 input
+    conv to `base_channels`; a down path with, at each level `i`,
+    `num_res_blocks` ResBlocks of `base_channels * channel_mult[i]` channels
+    (each followed by an AttentionBlock when the level's resolution is in
+    `attention_resolutions`) and a stride-2 Downsample except at the last
+    level; a middle ResBlock, AttentionBlock, ResBlock; an up path mirroring
+    the down path with `num_res_blocks + 1` ResBlocks per level, each taking
+    the concatenation of the current features and the most recent unused
+    down-path output, and a nearest-neighbour Upsample except at the top
+    level; then GroupNorm, SiLU and a zero-initialised 3x3 conv.
+
+    The timestep embedding (width `4 * base_channels`) feeds every ResBlock.
+    With `num_classes`, a learned label embedding of `num_classes + 1` rows is
+    added to it; row `num_classes` is the null label (`unet.null_label`) used
+    for classifier-free guidance.
+
+    The DDPM CIFAR-10 model is the default configuration
+    (35.7M parameters).
+
+    `build((B, H, W, C))` creates every weight from the image shape alone, so
+    `keras.models.load_model` can rebuild a model that contains a UNet.
+
+    Args:
+        image_size: Height and width of the (square) images; must be
+            divisible by `2 ** (len(channel_mult) - 1)`.
+        in_channels: Image channel count.
+        base_channels: Channel count of the first level.
+        channel_mult: Channel multiplier of each level (one level per entry).
+        num_res_blocks: ResBlocks per level on the down path.
+        attention_resolutions: Resolutions (in pixels) at which
+            AttentionBlocks follow the ResBlocks; each must be one the UNet
+            reaches (`image_size / 2**i`).
+        dropout: Dropout rate inside ResBlocks.
+        num_classes: Number of classes for class conditioning, or None.
+        learn_sigma: If True, output `2 * in_channels` channels: the noise
+            prediction followed by the variance interpolation values
+            (improved-diffusion's `learned_range`).
+        num_heads: Attention heads; must divide every attention channel count.
+        num_groups: GroupNormalization groups; must divide every channel
+            count (use fewer groups for small models, e.g. 8 at 32 channels).
+        **kwargs: Passed to `keras.Model` (e.g. `name`, `dtype`).
+
+    Call arguments:
+        x: float `[B, image_size, image_size, in_channels]`, in [-1, 1].
+        t: int32 `[B]` timesteps in [0, T).
+        y: int32 `[B]` labels in [0, num_classes] (`num_classes` = null
+            label) for a conditional UNet; must be None otherwise.
+        training: Whether dropout is active.
+
+    Returns:
+        float32 `[B, image_size, image_size, out_channels]` with
+        `out_channels = in_channels * (2 if learn_sigma else 1)`, float32 even
+        under a mixed-precision policy.
+
+    Example:
+
+    ```python
+    unet = UNet(image_size=8, base_channels=16, channel_mult=(1, 2),
+                num_res_blocks=1, attention_resolutions=(4,), num_groups=8)
+    eps = unet(tf.zeros([2, 8, 8, 3]), tf.constant([0, 999]))  # [2, 8, 8, 3]
+    ```
+    """
+
+    def __init__(
+        self,
+        image_size=32,
+        in_channels=3,
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16,),
+        dropout=0.1,
+        num_classes=None,
+        learn_sigma=False,
+        num_heads=1,
+        num_groups=32,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_positive_int("image_size", image_size)
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("base_channels", base_channels)
+        _check_positive_int("num_res_blocks", num_res_blocks)
+        _check_positive_int("num_heads", num_heads)
+        channel_mult = _int_tuple("channel_mult", channel_mult)
+        attention_resolutions = _int_tuple(
+            "attention_resolutions", attention_resolutions
+        )
+        if not channel_mult:
+            raise ValueError(
+                "`channel_mult` must have at least one level. "
+                f"Received: channel_mult={channel_mult}"
+            )
+        if num_classes is not None:
+            _check_positive_int("num_classes", num_classes)
+        if not isinstance(learn_sigma, bool):
+            raise ValueError(
+                "`learn_sigma` must be True or False. "
+                f"Received: learn_sigma={learn_sigma!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(
+                f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
+            )
+        factor = 2 ** (len(channel_mult) - 1)
+        if image_size % factor:
+            raise ValueError(
+                f"`image_size` must be divisible by {factor} "
+                f"(2 ** (len(channel_mult) - 1)) to downsample "
+                f"{len(channel_mult) - 1} times. Received: "
+                f"image_size={image_size}, channel_mult={channel_mult}"
+            )
+        resolutions = tuple(image_size // 2**i for i in range(len(channel_mult)))
+        unreached = [r for r in attention_resolutions if r not in resolutions]
+        if unreached:
+            raise ValueError(
+                "`attention_resolutions` must be resolutions the UNet "
+                f"reaches: {resolutions}. Received: "
+                f"attention_resolutions={attention_resolutions}"
+            )
+        level_channels = [base_channels * m for m in channel_mult]
+        for channels in [base_channels] + level_channels:
+            check_num_groups(num_groups, channels)
+        for res, channels in zip(resolutions, level_channels):
+            if res in attention_resolutions and channels % num_heads:
+                raise ValueError(
+                    "`num_heads` must divide the channel count of every "
+                    f"attention block. Received: num_heads={num_heads}, "
+                    f"channels={channels}"
+                )
+
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.base_channels = base_channels
+        self.channel_mult = channel_mult
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = attention_resolutions
+        self.dropout = dropout
+        self.num_classes = num_classes
+        self.learn_sigma = learn_sigma
+        self.num_heads = num_heads
+        self.num_groups = num_groups
+        self.out_channels = in_channels * (2 if learn_sigma else 1)
+
+        dtype = self.dtype_policy
+        emb_dim = 4 * base_channels
+
+        def res_block(channels, name):
+            return ResBlock(
+                channels, dropout, num_groups, dtype=dtype, name=name
+            )
+
+        def attention(name):
+            return AttentionBlock(num_heads, num_groups, dtype=dtype, name=name)
+
+        self.time_embedding = TimestepEmbedding(
+            base_channels, emb_dim, dtype=dtype, name="time_embedding"
+        )
+        self.label_embedding = None
+        if num_classes is not None:
+            self.label_embedding = keras.layers.Embedding(
+                num_classes + 1, emb_dim, dtype=dtype, name="label_embedding"
+            )
+        self.conv_in = keras.layers.Conv2D(
+            base_channels, 3, padding="same", dtype=dtype, name="conv_in"
+        )
+
+        # Down path. `_down_keeps[i]` says whether the output of
+        # `down_blocks[i]` is kept as a skip connection for the up path.
+        down_blocks, down_keeps = [], []
+        last = len(channel_mult) - 1
+        for level, (res, channels) in enumerate(zip(resolutions, level_channels)):
+            for i in range(num_res_blocks):
+                down_blocks.append(res_block(channels, f"down_{level}_res_{i}"))
+                down_keeps.append(res not in attention_resolutions)
+                if res in attention_resolutions:
+                    down_blocks.append(attention(f"down_{level}_attn_{i}"))
+                    down_keeps.append(True)
+            if level != last:
+                down_blocks.append(
+                    Downsample(dtype=dtype, name=f"down_{level}_downsample")
+                )
+                down_keeps.append(True)
+        self.down_blocks = down_blocks
+        self._down_keeps = tuple(down_keeps)
+
+        channels = level_channels[-1]
+        self.middle_blocks = [
+            res_block(channels, "middle_res_0"),
+            attention("middle_attn"),
+            res_block(channels, "middle_res_1"),
+        ]
+
+        # Up path: every ResBlock consumes one skip connection.
+        up_blocks = []
+        for level in reversed(range(len(channel_mult))):
+            res, channels = resolutions[level], level_channels[level]
+            for i in range(num_res_blocks + 1):
+                up_blocks.append(res_block(channels, f"up_{level}_res_{i}"))
+                if res in attention_resolutions:
+                    up_blocks.append(attention(f"up_{level}_attn_{i}"))
+            if level != 0:
+                up_blocks.append(Upsample(dtype=dtype, name=f"up_{level}_upsample"))
+        self.up_blocks = up_blocks
+
+        self.norm_out = group_norm(num_groups, dtype, "norm_out")
+        self.act_out = keras.layers.Activation("silu", dtype=dtype, name="silu_out")
+        self.conv_out = keras.layers.Conv2D(
+            self.out_channels,
+            3,
+            padding="same",
+            kernel_initializer="zeros",
+            dtype="float32",
+            name="conv_out",
+        )
+
+    @property
+    def null_label(self):
+        """The label index meaning "no class" (`num_classes`), or None."""
+        return self.num_classes
+
+    def _forward(self, h, emb, apply, concat):
+        """Runs the network topology; shared by `call` and `build`.
+
+        `apply(layer, h, emb)` evaluates one layer and `concat(h, skip)` joins
+        channels; they act on tensors in `call` and on shapes in `build`.
+        """
+        h = apply(self.conv_in, h, emb)
+        skips = [h]
+        for layer, keep in zip(self.down_blocks, self._down_keeps):
+            h = apply(layer, h, emb)
+            if keep:
+                skips.append(h)
+        for layer in self.middle_blocks:
+            h = apply(layer, h, emb)
+        for layer in self.up_blocks:
+            if isinstance(layer, ResBlock):
+                h = concat(h, skips.pop())
+            h = apply(layer, h, emb)
+        for layer in (self.norm_out, self.act_out, self.conv_out):
+            h = apply(layer, h, emb)
+        return h
+
+    def _check_image_shape(self, shape):
+        expected = (self.image_size, self.image_size, self.in_channels)
+        shape = tuple(shape)
+        if len(shape) != 4 or any(
+            got is not None and got != want
+            for got, want in zip(shape[1:], expected)
+        ):
+            show = lambda s: "[" + ", ".join(  # noqa: E731
+                "B" if i == 0 else str(d) for i, d in enumerate(s)
+            ) + "]"
+            raise ValueError(
+                f"UNet expected images of shape {show((None,) + expected)}, "
+                f"received {show(shape) if len(shape) == 4 else list(shape)}"
+            )
+
+    def build(self, input_shape):
+        """Creates all weights from the image shape `(B, H, W, C)` alone."""
+        input_shape = tuple(input_shape)
+        self._check_image_shape(input_shape)
+        batch = input_shape[0]
+        self.time_embedding.build((batch,))
+        emb_shape = self.time_embedding.compute_output_shape((batch,))
+        if self.label_embedding is not None:
+            self.label_embedding.build((batch,))
+
+        def apply(layer, shape, emb_shape):
+            args = (shape, emb_shape) if isinstance(layer, ResBlock) else (shape,)
+            if not layer.built:
+                layer.build(*args)
+            return tuple(layer.compute_output_shape(*args))
+
+        def concat(shape, skip_shape):
+            return shape[:-1] + (shape[-1] + skip_shape[-1],)
+
+        self._forward(input_shape, emb_shape, apply, concat)
+
+    def call(self, x, t, y=None, training=None):
+        self._check_image_shape(x.shape)
+        t = ops.convert_to_tensor(t)
+        if len(t.shape) != 1:
+            raise ValueError(
+                "`t` must be a vector of timesteps, shape [B]. "
+                f"Received shape {tuple(t.shape)}"
+            )
+        emb = self.time_embedding(t)
+        y = self._check_labels(y)
+        if y is not None:
+            emb = emb + self.label_embedding(y)
+
+        def apply(layer, h, emb):
+            if isinstance(layer, ResBlock):
+                return layer(h, emb, training=training)
+            return layer(h)
+
+        def concat(h, skip):
+            return ops.concatenate([h, skip], axis=-1)
+
+        return self._forward(x, emb, apply, concat)
+
+    def _check_labels(self, y):
+        """Validates `y` against the conditioning mode; returns it as a tensor."""
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError(
+                    "This UNet is unconditional (num_classes=None) but labels "
+                    "`y` were given. Build it with `num_classes` to condition "
+                    "on classes."
+                )
+            return None
+        if y is None:
+            raise ValueError(
+                f"This UNet is class-conditional (num_classes="
+                f"{self.num_classes}) and needs labels `y`: int32 [B] in "
+                f"[0, {self.num_classes}], where {self.null_label} is the "
+                "null label. Received: y=None"
+            )
+        y = ops.convert_to_tensor(y)
+        if "int" not in str(y.dtype):
+            raise TypeError(
+                f"`y` must be an integer tensor. Received dtype {y.dtype}"
+            )
+        if len(y.shape) != 1:
+            raise ValueError(
+                "`y` must be a vector of labels, shape [B]. "
+                f"Received shape {tuple(y.shape)}"
+            )
+        if tf.executing_eagerly():
+            values = ops.convert_to_numpy(y)
+            bad = values[(values < 0) | (values > self.num_classes)]
+            if bad.size:
+                raise ValueError(
+                    f"Labels `y` must be in [0, {self.num_classes}] "
+                    f"({self.null_label} is the null label). "
+                    f"Received out-of-range labels {sorted(set(bad.tolist()))}"
+                )
+        else:
+            message = (
+                f"Labels `y` must be in [0, {self.num_classes}] "
+                f"({self.null_label} is the null label)."
+            )
+            tf.debugging.assert_non_negative(y, message=message)
+            tf.debugging.assert_less_equal(
+                y, tf.cast(self.num_classes, y.dtype), message=message
+            )
+        return y
+
+    def compute_output_shape(self, x_shape, t_shape=None, y_shape=None):
+        return tuple(x_shape[:-1]) + (self.out_channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_size": self.image_size,
+                "in_channels": self.in_channels,
+                "base_channels": self.base_channels,
+                "channel_mult": list(self.channel_mult),
+                "num_res_blocks": self.num_res_blocks,
+                "attention_resolutions": list(self.attention_resolutions),
+                "dropout": self.dropout,
+                "num_classes": self.num_classes,
+                "learn_sigma": self.learn_sigma,
+                "num_heads": self.num_heads,
+                "num_groups": self.num_groups,
+            }
+        )
+        return config
