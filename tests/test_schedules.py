@@ -53,7 +53,8 @@ def test_leading_and_trailing_spacing():
     (lambda: schedules.get_beta_schedule("quadratic", 10), "must be one of"),
     (lambda: schedules.get_beta_schedule("cosine", 0), "positive integer"),
     (lambda: schedules.get_beta_schedule("linear", 20), "T > 20"),
-    (lambda: schedules.space_timesteps(100, 0), "positive integer"),
+    (lambda: schedules.space_timesteps(100, 0), "between 1 and 100"),
+    (lambda: schedules.space_timesteps(100, 2.5), "between 1 and 100"),
     (lambda: schedules.space_timesteps(100, 101), "between 1 and 100"),
     (lambda: schedules.space_timesteps(100, 10, "middle"), "must be one of"),
 ])

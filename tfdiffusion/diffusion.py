@@ -77,8 +77,8 @@ class GaussianDiffusion:
                 "gradient. Use loss_type='hybrid' (Improved DDPM) or 'kl'."
             )
         betas = np.asarray(betas, dtype=np.float64)
-        if betas.ndim != 1 or betas.size < 2:
-            raise ValueError(f"`betas` must be a 1-D array of at least 2 values. Received shape {betas.shape}")
+        if betas.ndim != 1 or betas.size < 1:
+            raise ValueError(f"`betas` must be a 1-D array of at least 1 value. Received shape {betas.shape}")
         if not np.all((betas > 0) & (betas < 1)):
             raise ValueError(
                 "`betas` must lie in (0, 1): a beta of 1 makes alpha_bar_T = 0, from which x_0 "
@@ -107,9 +107,10 @@ class GaussianDiffusion:
         self.alphas_cumprod = abar
         self.alphas_cumprod_prev = abar_prev
         posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
-        # beta-tilde_0 = 0: clip its log to that of t = 1.
-        posterior_log_variance = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
-        fixed_large_variance = np.append(posterior_variance[1], betas[1:])
+        # beta-tilde_0 = 0: clip its log to that of t = 1 (to beta_0 for a one-step process).
+        first = posterior_variance[1] if len(betas) > 1 else betas[0]
+        posterior_log_variance = np.log(np.append(first, posterior_variance[1:]))
+        fixed_large_variance = np.append(first, betas[1:])
         with np.errstate(divide="ignore"):
             self._np = dict(
                 sqrt_abar=np.sqrt(abar),

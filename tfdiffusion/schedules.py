@@ -70,8 +70,8 @@ def space_timesteps(num_timesteps, num_steps, spacing="leading"):
     """
     if spacing not in SPACINGS:
         raise ValueError(f"`spacing` must be one of {SPACINGS}. Received: spacing={spacing!r}")
-    _check_positive_int("num_steps", num_steps)
-    if num_steps > num_timesteps:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
+            or not 1 <= num_steps <= num_timesteps:
         raise ValueError(
             f"`num_steps` must be between 1 and {num_timesteps} (the diffusion's "
             f"number of timesteps). Received: num_steps={num_steps}"
