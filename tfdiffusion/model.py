@@ -195,7 +195,7 @@ class DiffusionModel(keras.Model):
             return network(x_t, t, training=training, **kwargs)
         return model_fn
 
-    def _losses(self, network, images, labels, seed, training):
+    def _diffusion_losses(self, network, images, labels, seed, training):
         batch = tf.shape(images)[0]
         t, weights = self.sampler.sample(batch, samplers.fold_in(seed, 1))
         if training:
@@ -211,7 +211,7 @@ class DiffusionModel(keras.Model):
         strategy = tf.distribute.get_strategy()
         global_batch = tf.cast(tf.shape(images)[0] * strategy.num_replicas_in_sync, tf.float32)
         with tf.GradientTape() as tape:
-            t, weights, losses = self._losses(self.network, images, labels, seed, training=True)
+            t, weights, losses = self._diffusion_losses(self.network, images, labels, seed, training=True)
             # Sum over the replica's examples / global batch: gradients summed
             # across replicas then equal those of the global-batch mean.
             loss = tf.reduce_sum(losses["loss"] * weights) / global_batch
@@ -225,7 +225,7 @@ class DiffusionModel(keras.Model):
         images, labels = self._unpack(data)
         seed = self._step_seed(self.eval_counter + (1 << 40))
         self.eval_counter.assign_add(1)
-        _, _, losses = self._losses(self.ema_network, images, labels, seed, training=False)
+        _, _, losses = self._diffusion_losses(self.ema_network, images, labels, seed, training=False)
         if self.bpd_eval_steps:
             bound = self.diffusion.calc_bpd_loop(
                 self._network_fn(self.ema_network, False), images,
