@@ -3,7 +3,7 @@
 import keras
 
 from tfdiffusion.nn.normalization import check_num_groups
-from tfdiffusion.nn.normalization import group_norm
+from tfdiffusion.nn.normalization import GroupNorm
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -19,7 +19,7 @@ class ResBlock(keras.layers.Layer):
     Args:
         out_channels: Output channel count.
         dropout: Dropout rate before the second convolution, in [0, 1).
-        num_groups: GroupNormalization groups; must divide both the input and
+        num_groups: GroupNorm groups; must divide both the input and
             the output channel counts.
         **kwargs: Passed to `keras.layers.Layer`.
 
@@ -53,14 +53,14 @@ class ResBlock(keras.layers.Layer):
         self.num_groups = num_groups
 
         dtype = self.dtype_policy
-        self.norm_1 = group_norm(num_groups, dtype, "norm_1")
+        self.norm_1 = GroupNorm(num_groups, dtype=dtype, name="norm_1")
         self.conv_1 = keras.layers.Conv2D(
             out_channels, 3, padding="same", dtype=dtype, name="conv_1"
         )
         self.emb_proj = keras.layers.Dense(
             out_channels, dtype=dtype, name="emb_proj"
         )
-        self.norm_2 = group_norm(num_groups, dtype, "norm_2")
+        self.norm_2 = GroupNorm(num_groups, dtype=dtype, name="norm_2")
         self.dropout_layer = keras.layers.Dropout(
             dropout, dtype=dtype, name="dropout"
         )

@@ -7,7 +7,7 @@ from keras import ops
 from tfdiffusion.nn.attention import AttentionBlock
 from tfdiffusion.nn.embeddings import TimestepEmbedding
 from tfdiffusion.nn.normalization import check_num_groups
-from tfdiffusion.nn.normalization import group_norm
+from tfdiffusion.nn.normalization import GroupNorm
 from tfdiffusion.nn.res_block import ResBlock
 from tfdiffusion.nn.resample import Downsample
 from tfdiffusion.nn.resample import Upsample
@@ -34,6 +34,12 @@ def _int_tuple(name, values):
             f"Received: {name}={values!r}"
         )
     return values
+
+
+def _format_shape(shape):
+    """`(None, 32, 32, 3)` -> "[B, 32, 32, 3]" for error messages."""
+    dims = ["B" if i == 0 else str(d) for i, d in enumerate(shape)]
+    return "[" + ", ".join(dims) + "]"
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -78,7 +84,7 @@ class UNet(keras.Model):
             prediction followed by the variance interpolation values
             (improved-diffusion's `learned_range`).
         num_heads: Attention heads; must divide every attention channel count.
-        num_groups: GroupNormalization groups; must divide every channel
+        num_groups: GroupNorm groups; must divide every channel
             count (use fewer groups for small models, e.g. 8 at 32 channels).
         **kwargs: Passed to `keras.Model` (e.g. `name`, `dtype`).
 
@@ -152,7 +158,9 @@ class UNet(keras.Model):
                 f"{len(channel_mult) - 1} times. Received: "
                 f"image_size={image_size}, channel_mult={channel_mult}"
             )
-        resolutions = tuple(image_size // 2**i for i in range(len(channel_mult)))
+        resolutions = tuple(
+            image_size // 2**i for i in range(len(channel_mult))
+        )
         unreached = [r for r in attention_resolutions if r not in resolutions]
         if unreached:
             raise ValueError(
@@ -211,9 +219,12 @@ class UNet(keras.Model):
         # `down_blocks[i]` is kept as a skip connection for the up path.
         down_blocks, down_keeps = [], []
         last = len(channel_mult) - 1
-        for level, (res, channels) in enumerate(zip(resolutions, level_channels)):
+        for level, res in enumerate(resolutions):
+            channels = level_channels[level]
             for i in range(num_res_blocks):
-                down_blocks.append(res_block(channels, f"down_{level}_res_{i}"))
+                down_blocks.append(
+                    res_block(channels, f"down_{level}_res_{i}")
+                )
                 down_keeps.append(res not in attention_resolutions)
                 if res in attention_resolutions:
                     down_blocks.append(attention(f"down_{level}_attn_{i}"))
@@ -242,11 +253,15 @@ class UNet(keras.Model):
                 if res in attention_resolutions:
                     up_blocks.append(attention(f"up_{level}_attn_{i}"))
             if level != 0:
-                up_blocks.append(Upsample(dtype=dtype, name=f"up_{level}_upsample"))
+                up_blocks.append(
+                    Upsample(dtype=dtype, name=f"up_{level}_upsample")
+                )
         self.up_blocks = up_blocks
 
-        self.norm_out = group_norm(num_groups, dtype, "norm_out")
-        self.act_out = keras.layers.Activation("silu", dtype=dtype, name="silu_out")
+        self.norm_out = GroupNorm(num_groups, dtype=dtype, name="norm_out")
+        self.act_out = keras.layers.Activation(
+            "silu", dtype=dtype, name="silu_out"
+        )
         self.conv_out = keras.layers.Conv2D(
             self.out_channels,
             3,
@@ -290,12 +305,10 @@ class UNet(keras.Model):
             got is not None and got != want
             for got, want in zip(shape[1:], expected)
         ):
-            show = lambda s: "[" + ", ".join(  # noqa: E731
-                "B" if i == 0 else str(d) for i, d in enumerate(s)
-            ) + "]"
             raise ValueError(
-                f"UNet expected images of shape {show((None,) + expected)}, "
-                f"received {show(shape) if len(shape) == 4 else list(shape)}"
+                "UNet expected images of shape "
+                f"{_format_shape((None,) + expected)}, "
+                f"received {_format_shape(shape)}"
             )
 
     def build(self, input_shape):
@@ -309,7 +322,9 @@ class UNet(keras.Model):
             self.label_embedding.build((batch,))
 
         def apply(layer, shape, emb_shape):
-            args = (shape, emb_shape) if isinstance(layer, ResBlock) else (shape,)
+            args = (shape,)
+            if isinstance(layer, ResBlock):
+                args = (shape, emb_shape)
             if not layer.built:
                 layer.build(*args)
             return tuple(layer.compute_output_shape(*args))
@@ -322,7 +337,7 @@ class UNet(keras.Model):
     def call(self, x, t, y=None, training=None):
         self._check_image_shape(x.shape)
         t = ops.convert_to_tensor(t)
-        if len(t.shape) != 1:
+        if t.shape.rank not in (1, None):
             raise ValueError(
                 "`t` must be a vector of timesteps, shape [B]. "
                 f"Received shape {tuple(t.shape)}"
@@ -343,7 +358,7 @@ class UNet(keras.Model):
         return self._forward(x, emb, apply, concat)
 
     def _check_labels(self, y):
-        """Validates `y` against the conditioning mode; returns it as a tensor."""
+        """Checks `y` against the conditioning mode; returns it as a tensor."""
         if self.num_classes is None:
             if y is not None:
                 raise ValueError(
@@ -364,7 +379,7 @@ class UNet(keras.Model):
             raise TypeError(
                 f"`y` must be an integer tensor. Received dtype {y.dtype}"
             )
-        if len(y.shape) != 1:
+        if y.shape.rank not in (1, None):
             raise ValueError(
                 "`y` must be a vector of labels, shape [B]. "
                 f"Received shape {tuple(y.shape)}"
