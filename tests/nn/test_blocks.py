@@ -1,6 +1,5 @@
 """Tests for the UNet blocks: ResBlock, AttentionBlock, Downsample, Upsample."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -19,7 +18,7 @@ EMB = RNG.standard_normal((2, 32)).astype("float32")
 
 
 def numpy(x):
-    return keras.ops.convert_to_numpy(x)
+    return np.asarray(x)
 
 
 @pytest.mark.parametrize("out_channels", [16, 24])

@@ -1,6 +1,5 @@
 """Tests for `tfdiffusion.nn.GroupNorm`."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -30,7 +29,7 @@ def test_group_norm_matches_reference(groups):
     beta = rng.standard_normal(16).astype("float32")
     layer.gamma.assign(gamma)
     layer.beta.assign(beta)
-    out = keras.ops.convert_to_numpy(layer(x))
+    out = np.asarray(layer(x))
     # float32 statistics over <= 256 values of size ~10: errors ~1e-5.
     np.testing.assert_allclose(
         out, reference_group_norm(x, gamma, beta, groups, 1e-6), atol=1e-4

@@ -1,6 +1,7 @@
 """`UNet`: the DDPM/ADM noise-prediction network as a Keras model."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -312,9 +313,16 @@ class UNet(keras.Model):
             )
 
     def build(self, input_shape):
-        """Creates all weights from the image shape `(B, H, W, C)` alone."""
+        """Creates all weights from the image shape `(B, H, W, C)` alone.
+
+        Idempotent: a model that holds a UNet may call this from its own
+        `build()` even when the UNet was already built (e.g. when
+        `keras.models.load_model` deserialized it with its build config).
+        """
         input_shape = tuple(input_shape)
         self._check_image_shape(input_shape)
+        if self.built:
+            return
         batch = input_shape[0]
         self.time_embedding.build((batch,))
         emb_shape = self.time_embedding.compute_output_shape((batch,))
@@ -385,7 +393,7 @@ class UNet(keras.Model):
                 f"Received shape {tuple(y.shape)}"
             )
         if tf.executing_eagerly():
-            values = ops.convert_to_numpy(y)
+            values = np.asarray(y)
             bad = values[(values < 0) | (values > self.num_classes)]
             if bad.size:
                 raise ValueError(
