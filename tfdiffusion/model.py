@@ -205,6 +205,9 @@ class DiffusionModel(keras.Model):
             seed=samplers.fold_in(seed, 3))
         return t, weights, losses
 
+    # Nothing below needs AutoGraph (loops are tf.while_loop, branches tf.where); not
+    # converting TFP and the network saves most of the tracing time.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         images, labels = self._unpack(data)
         seed = self._step_seed(self.optimizer.iterations)
@@ -221,6 +224,7 @@ class DiffusionModel(keras.Model):
         self._update_ema()
         return self._track(losses)
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         images, labels = self._unpack(data)
         seed = self._step_seed(self.eval_counter + (1 << 40))
@@ -332,7 +336,7 @@ class DiffusionModel(keras.Model):
                                                  model_kwargs=kwargs)
             return to_uint8(x_0)
 
-        fn = tf.function(sample, jit_compile=jit_compile, reduce_retracing=True)
+        fn = tf.function(sample, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
         self._generate_fns[key] = fn
         return fn
 

@@ -92,7 +92,7 @@ def _denoising_loop(diffusion, step_fn, shape, noise, seed):
     if noise is None:
         noise = random_normal(shape, fold_in(base_seed, -1))
     x_T = tf.convert_to_tensor(noise, tf.float32)
-    if list(x_T.shape) != [int(d) for d in shape] and x_T.shape.is_fully_defined():
+    if not tf.TensorShape(x_T.shape).is_compatible_with(tf.TensorShape(shape)):
         raise ValueError(f"`noise` must have the sample shape {list(shape)}. Received {x_T.shape}")
     num_steps = diffusion.num_timesteps
     batch = tf.shape(x_T)[0]

@@ -16,6 +16,7 @@ class UniformTimesteps(keras.layers.Layer):
     def __init__(self, num_timesteps, **kwargs):
         super().__init__(**kwargs)
         self.num_timesteps = int(num_timesteps)
+        self.built = True  # its state (if any) is created in __init__
 
     def probabilities(self):
         """float32 `[T]` probabilities of each timestep."""
