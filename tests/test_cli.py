@@ -1,0 +1,277 @@
+"""Tests of the `tfdiffusion` command, run as a real subprocess: train, sample, evaluate, user errors."""
+
+import argparse
+import glob
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import tfdiffusion
+from tfdiffusion import cli
+
+# A tiny run: 8x8 images (the shapes UNet halves twice, 8 -> 4 -> 2), T = 20,
+# 4 steps of 8 images, 2 DDIM steps for 4 samples; no XLA, whose compile
+# takes far longer than these few steps on a CPU.
+TRAIN_FLAGS = ["--preset", "shapes", "--steps", "4", "--batch-size", "8", "--image-size", "8",
+               "--num-timesteps", "20", "--sample-steps", "2", "--num-samples", "4",
+               "--no-jit-compile"]
+NUM_CLASSES = len(tfdiffusion.SHAPES_CLASS_NAMES)
+BLOCKER_TEXT = "a regular file where --output-dir wants a directory"
+
+
+def command(*args, program=(sys.executable, "-m", "tfdiffusion.cli")):
+    """The argv of a CLI run: `python -m tfdiffusion.cli ARGS` unless `program` is given."""
+    return [*program, *map(str, args)]
+
+
+# The console script setup.cfg declares (pip install -e .), when installed.
+INSTALLED = shutil.which("tfdiffusion")
+
+
+class Runs:
+    """CLI runs started together (overlapping their start-up), each awaited when first needed."""
+
+    def __init__(self, **commands):
+        self._processes = {name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                  text=True) for name, argv in commands.items()}
+        self._results = {}
+
+    def __getitem__(self, name):
+        """The run's `CompletedProcess`."""
+        if name not in self._results:
+            process = self._processes[name]
+            stdout, stderr = process.communicate(timeout=600)
+            self._results[name] = subprocess.CompletedProcess(process.args, process.returncode,
+                                                              stdout, stderr)
+        return self._results[name]
+
+
+def assert_user_error(result, *fragments):
+    """Exit code 2, one `tfdiffusion: error: ...` line naming `fragments`, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tfdiffusion: error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def no_temp_files(directory):
+    return [p for p in glob.glob(os.path.join(directory, "**", ".*.tmp*"), recursive=True)]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    blocker = root / "blocker"
+    blocker.write_text(BLOCKER_TEXT)
+    return dict(root=root, run=root / "run", blocker=blocker)
+
+
+@pytest.fixture(scope="module")
+def first_runs(dirs):
+    """The training run, and errors that need no model, started at once."""
+    root = dirs["root"]
+    return Runs(
+        train=command("train", *TRAIN_FLAGS, "--output-dir", dirs["run"]),
+        unknown_preset=command("train", "--preset", "no-such-preset", "--output-dir", root / "p",
+                               **({"program": [INSTALLED]} if INSTALLED else {})),
+        zero_steps=command("train", "--steps", "0", "--output-dir", root / "z"),
+        unwritable=command("train", *TRAIN_FLAGS, "--output-dir", dirs["blocker"] / "run"),
+        missing_model=command("sample", "--model", root / "missing" / "model.keras",
+                              "--npz", root / "m.npz"),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(first_runs, dirs):
+    result = first_runs["train"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dirs["run"], result
+
+
+@pytest.fixture(scope="module")
+def unconditional_model(dirs):
+    path = dirs["root"] / "unconditional.keras"
+    model = tfdiffusion.build_model("shapes", num_classes=None, image_size=8, num_timesteps=20)
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_runs(trained, dirs):
+    """Runs on the trained model, started at once."""
+    run, root = trained[0], dirs["root"]
+    shutil.copytree(run, root / "resumed")
+    sample = ["sample", "--model", run / "model.keras", "--num-images", 6, "--labels", "1,2,5",
+              "--steps", 2, "--seed", 7, "--batch-size", 3, "--no-jit-compile"]
+    return Runs(
+        sample_a=command(*sample, "--npz", root / "a.npz", "--output", root / "a.png"),
+        sample_b=command(*sample, "--npz", root / "b.npz"),
+        evaluate=command("evaluate", "--model", run / "model.keras", "--dataset", "shapes",
+                         "--metric", "bpd", "--bpd-steps", 4, "--batch-size", 8, "--num-batches", 2,
+                         "--no-jit-compile"),
+        # Settings come from checkpoints/run.json; 4 of 4 steps done: no training.
+        resume=command("train", "--output-dir", root / "resumed", "--resume", "--no-jit-compile"),
+        bad_labels=command("sample", "--model", run / "model.keras", "--labels", f"0,{NUM_CLASSES}",
+                           "--steps", 2, "--npz", root / "bad.npz", "--no-jit-compile"),
+    )
+
+
+# ------------------------------------------------------------------- train
+def test_train_writes_a_loadable_model(trained):
+    run, result = trained
+    model = keras.models.load_model(run / "model.keras")
+    assert isinstance(model, tfdiffusion.DiffusionModel)
+    assert model.image_shape == (8, 8, 3)
+    assert model.num_classes == NUM_CLASSES
+    assert model.diffusion.num_timesteps == 20
+    assert int(model.optimizer.iterations) == 4
+    assert str(run / "model.keras") in result.stdout
+
+
+def test_train_writes_the_sample_grid(trained):
+    run, _ = trained
+    # 4 samples of a conditional model: one per row (classes 0..3), 1 px padding.
+    with Image.open(run / "samples.png") as grid:
+        assert grid.format == "PNG" and grid.mode == "RGB"
+        assert grid.size == (1 * (8 + 1) + 1, 4 * (8 + 1) + 1)
+
+
+def test_train_writes_checkpoint_and_logs(trained):
+    run, result = trained
+    assert zipfile.is_zipfile(run / "checkpoints" / "ckpt.keras")
+    events = glob.glob(str(run / "logs" / "**" / "events.out.tfevents.*"), recursive=True)
+    if importlib.util.find_spec("tensorboard") is None:  # not a dependency of tfdiffusion (yet)
+        assert "TensorBoard is not installed" in result.stderr
+    else:
+        assert events
+    assert not no_temp_files(run)
+
+
+def test_train_writes_the_summary(trained):
+    run, _ = trained
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["preset"] == "shapes" and summary["steps"] == 4
+    assert summary["image_size"] == 8 and summary["num_timesteps"] == 20
+    assert summary["num_classes"] == NUM_CLASSES
+    assert summary["class_names"] == list(tfdiffusion.SHAPES_CLASS_NAMES)
+    assert math.isfinite(summary["final_loss"]) and summary["final_loss"] > 0
+    assert summary["wall_time_seconds"] > 0
+    assert summary["samples"]["labels"] == [0, 1, 2, 3]
+
+
+def test_train_resume_continues_the_run(model_runs, dirs):
+    result = model_runs["resume"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((dirs["root"] / "resumed" / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == 4 and summary["steps"] == 4
+    assert summary["image_size"] == 8 and summary["num_timesteps"] == 20  # not the preset's 16, 1000
+    assert not no_temp_files(dirs["root"] / "resumed")
+
+
+def test_train_refuses_a_directory_holding_a_run(trained, capsys):
+    run, _ = trained
+    assert cli.main(["train", "--output-dir", str(run), "--steps", "2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ sample, evaluate
+def test_sample_writes_npz_and_grid(model_runs, dirs):
+    result = model_runs["sample_a"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(dirs["root"] / "a.npz") as saved:
+        assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
+        np.testing.assert_array_equal(saved["labels"], [1, 2, 5, 1, 2, 5])
+    with Image.open(dirs["root"] / "a.png") as grid:  # ceil(sqrt(6)) = 3 columns, 2 rows
+        assert grid.size == (3 * 9 + 1, 2 * 9 + 1)
+    assert "sampled batch 2/2" in result.stdout
+
+
+def test_sample_same_seed_same_images(model_runs, dirs):
+    for name in ("sample_a", "sample_b"):
+        assert model_runs[name].returncode == 0, model_runs[name].stderr[-3000:]
+    with np.load(dirs["root"] / "a.npz") as a, np.load(dirs["root"] / "b.npz") as b:
+        np.testing.assert_array_equal(a["images"], b["images"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+    assert not os.path.exists(dirs["root"] / "samples.png")  # --npz alone writes no grid
+
+
+def test_evaluate_prints_bpd_json(model_runs):
+    result = model_runs["evaluate"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert math.isfinite(report["bpd"]) and report["bpd"] > 0
+    assert report["num_images"] == 16 and report["bpd_steps"] == 4
+    assert report["bpd_estimate"] == "stratified 4-step estimate"
+    for key in ("loss", "mse", "vb"):
+        assert math.isfinite(report[key])
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize("name, fragments, must_not_exist", [
+    ("unknown_preset", ["--preset", "no-such-preset"], ["p"]),  # the installed script
+    ("zero_steps", ["--steps", "Received: 0"], ["z"]),
+    ("unwritable", ["--output-dir", "Not a directory"], []),
+    ("missing_model", ["--model", "no such file"], ["m.npz"]),
+])
+def test_user_errors_without_a_model(first_runs, dirs, name, fragments, must_not_exist):
+    assert_user_error(first_runs[name], *fragments)
+    for path in must_not_exist:
+        assert not os.path.exists(dirs["root"] / path)
+    assert dirs["blocker"].read_text() == BLOCKER_TEXT
+
+
+def test_labels_out_of_range(model_runs, dirs):
+    assert_user_error(model_runs["bad_labels"], "labels", f"[0, {NUM_CLASSES})")
+    assert not os.path.exists(dirs["root"] / "bad.npz")
+    assert not no_temp_files(dirs["root"])
+
+
+def test_labels_for_an_unconditional_model(unconditional_model, dirs, capsys):
+    # In process (the same `main` the command runs): generate() refuses before sampling.
+    npz = dirs["root"] / "uncond.npz"
+    assert cli.main(["sample", "--model", str(unconditional_model), "--label", "1",
+                     "--npz", str(npz), "--no-jit-compile"]) == 2
+    errors = [l for l in capsys.readouterr().err.splitlines() if l.startswith("tfdiffusion: error: ")]
+    assert len(errors) == 1 and "unconditional" in errors[0]
+    assert not os.path.exists(npz)
+
+
+# -------------------------------------------------------------------- help
+EXPECTED_FLAGS = {
+    "train": ["--preset", "--dataset", "--data-dir", "--output-dir", "--steps", "--epochs",
+              "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
+              "--sample-steps", "--num-samples", "--jit-compile", "--no-jit-compile", "--resume"],
+    "sample": ["--model", "--num-images", "--sampler", "--steps", "--eta", "--seed", "--labels",
+               "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],
+    "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",
+                 "--num-batches", "--seed"],
+}
+
+
+def _subparser(name):
+    action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+@pytest.mark.parametrize("command", sorted(EXPECTED_FLAGS))
+def test_help_documents_every_flag(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    parser_actions = [a for a in _subparser(command)._actions if a.option_strings != ["-h", "--help"]]
+    flags = set(EXPECTED_FLAGS[command]) | {f for a in parser_actions for f in a.option_strings}
+    for flag in flags:
+        assert flag in text, flag
+    for action in parser_actions:  # every help says its default (or that it is required)
+        assert "default" in action.help or "required" in action.help, action.option_strings
