@@ -18,6 +18,7 @@ from PIL import Image
 
 import tfdiffusion
 from tfdiffusion import cli
+from tfdiffusion import images
 
 # A tiny run: 8x8 images (the shapes UNet halves twice, 8 -> 4 -> 2), T = 20,
 # 4 steps of 8 images, 2 DDIM steps for 4 samples; no XLA, whose compile
@@ -55,6 +56,13 @@ class Runs:
                                                               stdout, stderr)
         return self._results[name]
 
+    def close(self):
+        """Stops runs no test waited for (after a failure)."""
+        for name, process in self._processes.items():
+            if name not in self._results and process.poll() is None:
+                process.kill()
+                process.communicate()
+
 
 def assert_user_error(result, *fragments):
     """Exit code 2, one `tfdiffusion: error: ...` line naming `fragments`, no traceback."""
@@ -82,7 +90,7 @@ def dirs(tmp_path_factory):
 def first_runs(dirs):
     """The training run, and errors that need no model, started at once."""
     root = dirs["root"]
-    return Runs(
+    runs = Runs(
         train=command("train", *TRAIN_FLAGS, "--output-dir", dirs["run"]),
         unknown_preset=command("train", "--preset", "no-such-preset", "--output-dir", root / "p",
                                **({"program": [INSTALLED]} if INSTALLED else {})),
@@ -91,6 +99,8 @@ def first_runs(dirs):
         missing_model=command("sample", "--model", root / "missing" / "model.keras",
                               "--npz", root / "m.npz"),
     )
+    yield runs
+    runs.close()
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +125,7 @@ def model_runs(trained, dirs):
     shutil.copytree(run, root / "resumed")
     sample = ["sample", "--model", run / "model.keras", "--num-images", 6, "--labels", "1,2,5",
               "--steps", 2, "--seed", 7, "--batch-size", 3, "--no-jit-compile"]
-    return Runs(
+    runs = Runs(
         sample_a=command(*sample, "--npz", root / "a.npz", "--output", root / "a.png"),
         sample_b=command(*sample, "--npz", root / "b.npz"),
         evaluate=command("evaluate", "--model", run / "model.keras", "--dataset", "shapes",
@@ -126,6 +136,8 @@ def model_runs(trained, dirs):
         bad_labels=command("sample", "--model", run / "model.keras", "--labels", f"0,{NUM_CLASSES}",
                            "--steps", 2, "--npz", root / "bad.npz", "--no-jit-compile"),
     )
+    yield runs
+    runs.close()
 
 
 # ------------------------------------------------------------------- train
@@ -275,3 +287,24 @@ def test_help_documents_every_flag(command, capsys):
         assert flag in text, flag
     for action in parser_actions:  # every help says its default (or that it is required)
         assert "default" in action.help or "required" in action.help, action.option_strings
+
+
+# ------------------------------------------------------------------ images
+def test_grid_places_images_with_padding_and_keeps_grayscale(tmp_path):
+    tiles = (np.arange(3 * 2 * 2) + 1).astype(np.uint8).reshape(3, 2, 2, 1)
+    path = tmp_path / "grid.png"
+    images.save_grid(tiles, path, nrow=2)
+    with Image.open(path) as grid:
+        assert grid.mode == "L" and grid.size == (2 * 3 + 1, 2 * 3 + 1)
+        pixels = np.asarray(grid)
+    np.testing.assert_array_equal(pixels[1:3, 1:3], tiles[0, ..., 0])
+    np.testing.assert_array_equal(pixels[1:3, 4:6], tiles[1, ..., 0])
+    np.testing.assert_array_equal(pixels[4:6, 1:3], tiles[2, ..., 0])
+    assert not pixels[4:6, 4:6].any()  # the empty fourth cell
+    assert not pixels[[0, 3, 6]].any() and not pixels[:, [0, 3, 6]].any()  # 1 px padding
+
+
+def test_npz_writer_refuses_non_uint8_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        images.save_npz(tmp_path / "x.npz", np.zeros([2, 4, 4, 3], np.float32))
+    assert os.listdir(tmp_path) == []
