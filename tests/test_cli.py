@@ -207,7 +207,7 @@ def test_sample_writes_npz_and_grid(model_runs, dirs):
         np.testing.assert_array_equal(saved["labels"], [1, 2, 5, 1, 2, 5])
     with Image.open(dirs["root"] / "a.png") as grid:  # ceil(sqrt(6)) = 3 columns, 2 rows
         assert grid.size == (3 * 9 + 1, 2 * 9 + 1)
-    assert "sampled batch 2/2" in result.stdout
+    assert "sampled 3/6 images" in result.stdout and "sampled 6/6 images" in result.stdout
 
 
 def test_sample_same_seed_same_images(model_runs, dirs):

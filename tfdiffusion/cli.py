@@ -173,7 +173,7 @@ def build_parser():
                        f"{_preset_defaults('sample_steps')}, capped at T)")
     train.add_argument("--num-samples", type=_positive_int,
                        help=f"images in samples.png (default: {DEFAULT_NUM_SAMPLES})")
-    _add_jit_flag(train, "Keras' 'auto': XLA except on CPU-only machines; samples: XLA")
+    _add_jit_flag(train, "yes: training and samples compile with XLA")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from checkpoints/ckpt.keras (weights, "
                        "EMA, optimizer state and step) up to --steps in total; unspecified "
@@ -356,33 +356,17 @@ def _grid_layout(num_images, num_classes):
     return (np.arange(num_images) // columns % num_classes).astype(np.int32), columns
 
 
-def _generate(model, num_images, *, sampler="ddim", num_steps, seed, labels=None,
-              guidance_scale=1.0, eta=0.0, batch_size=None, jit_compile=None):
-    """`model.generate` batch by batch with a progress line per batch.
+def _generate(model, num_images, *, labels=None, **kwargs):
+    """`model.generate` with a progress line per batch; bad arguments become `CLIError`s."""
+    begin = time.time()
 
-    Batch b starts at image `start` and is seeded with `seed` for start 0 (so
-    a single batch equals `model.generate(seed=seed)`) and
-    `fold_in(seed, start)` otherwise.
+    def progress(done, total):
+        print(f"sampled {done}/{total} images ({time.time() - begin:.1f}s)", flush=True)
 
-    Returns:
-        uint8 `[num_images, H, W, C]`.
-    """
-    batch_size = batch_size or num_images
-    starts = list(range(0, num_images, batch_size))
-    outputs, begin = [], time.time()
-    for index, start in enumerate(starts):
-        count = min(batch_size, num_images - start)
-        batch_seed = seed if start == 0 else samplers.fold_in(samplers.seed_pair(seed), start)
-        try:
-            outputs.append(model.generate(
-                count, sampler=sampler, num_steps=num_steps, seed=batch_seed,
-                labels=None if labels is None else labels[start:start + count],
-                guidance_scale=guidance_scale, eta=eta, jit_compile=jit_compile))
-        except ValueError as error:
-            raise CLIError(f"cannot sample: {_one_line(error)}") from None
-        print(f"sampled batch {index + 1}/{len(starts)}: {start + count}/{num_images} images "
-              f"({time.time() - begin:.1f}s)", flush=True)
-    return np.concatenate(outputs, axis=0)
+    try:
+        return model.generate(num_images, labels=labels, progress=progress, **kwargs)
+    except ValueError as error:
+        raise CLIError(f"cannot sample: {_one_line(error)}") from None
 
 
 def _write_json(path, payload):
@@ -596,15 +580,13 @@ def _build_training(args, preset, settings, checkpoint):
                                      num_timesteps=settings["num_timesteps"])
         try:
             model = presets.build_model(preset, num_classes=num_classes, image_size=image_shape[0],
-                                        channels=image_shape[-1])
+                                        channels=image_shape[-1], seed=settings["seed"])
         except ValueError as error:
             raise CLIError(f"cannot build the {preset.name!r} model: {_one_line(error)}") from None
+        # XLA trains 2-3x faster than plain graphs on CPU (benchmarks/README.md);
+        # Keras' "auto" would switch it off on CPU-only machines.
         model.compile(optimizer=presets.make_optimizer(preset),
-                      jit_compile="auto" if args.jit_compile is None else args.jit_compile)
-        # Creating the optimizer's slots now, not inside the first traced
-        # train_step, spares tf.function a second trace (it retraces a
-        # function that created variables): half the start-up time.
-        model.optimizer.build(model.network.trainable_variables)
+                      jit_compile=True if args.jit_compile is None else args.jit_compile)
     return model, dataset, dict(settings, steps_per_epoch=int(steps_per_epoch))
 
 
@@ -657,8 +639,7 @@ def _evaluate(args):
         raise CLIError("--bpd-steps applies to --metric bpd only")
     bpd_steps = min(args.bpd_steps or T, T) if args.metric == "bpd" else 0
     model.set_bpd_evaluation(bpd_steps)
-    model.seed = args.seed  # evaluation noise and timesteps derive from the model's seed
-    model.eval_counter.assign(0)
+    model.set_evaluation_seed(args.seed)
     model.compile(optimizer=None, jit_compile="auto" if args.jit_compile is None else args.jit_compile)
 
     dataset = _load_data(args.dataset, args.split, height, args.batch_size, training=False,

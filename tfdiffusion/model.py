@@ -118,6 +118,15 @@ class DiffusionModel(keras.Model):
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
 
+    def make_train_function(self, force=False):
+        """Keras' train function, after creating the optimizer's slots for the network.
+
+        Slots made before the first traced `train_step` keep `fit` from tracing twice.
+        """
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.network.trainable_variables)
+        return super().make_train_function(force=force)
+
     def load_weights(self, filepath, *args, **kwargs):
         """Loads weights and checks they were trained with this diffusion's T."""
         super().load_weights(filepath, *args, **kwargs)
@@ -263,6 +272,11 @@ class DiffusionModel(keras.Model):
         self.bpd_eval_steps = int(num_eval_steps)
         self.test_function = None  # retrace test_step with the new setting
 
+    def set_evaluation_seed(self, seed):
+        """Restarts `evaluate`'s noise and timesteps from `seed` (int): reproducible bounds."""
+        self.seed = int(seed)
+        self.eval_counter.assign(0)
+
     def _ema_decay_now(self):
         n = tf.cast(self.optimizer.iterations, tf.float32)
         return tf.minimum(self.ema_decay, (1.0 + n) / (10.0 + n))
@@ -342,7 +356,7 @@ class DiffusionModel(keras.Model):
 
     def generate(self, num_images, sampler="ddim", num_steps=50, seed=None, labels=None,
                  guidance_scale=1.0, eta=0.0, clip_denoised=True, spacing="leading",
-                 batch_size=None, jit_compile=None):
+                 batch_size=None, jit_compile=None, progress=None):
         """Samples images with the EMA weights.
 
         Args:
@@ -358,7 +372,9 @@ class DiffusionModel(keras.Model):
             spacing: "leading" or "trailing".
             batch_size: images per network batch (default: all at once).
             jit_compile: compile the sampling loop with XLA; None: yes,
-                unless a distribution strategy is active.
+                unless a distribution strategy is active. (XLA draws other
+                random numbers than the CPU kernels for the same seed.)
+            progress: optional `progress(done, total)` called after each batch.
 
         Returns:
             uint8 numpy array `[num_images, H, W, C]`.
@@ -380,4 +396,6 @@ class DiffusionModel(keras.Model):
             noise = samplers.random_normal((count,) + self.image_shape, samplers.fold_in(chunk_seed, -2))
             chunk_labels = None if labels is None else tf.constant(labels[start:start + count])
             outputs.append(fn(noise, chunk_seed, chunk_labels).numpy())
+            if progress is not None:
+                progress(start + count, num_images)
         return np.concatenate(outputs, axis=0)

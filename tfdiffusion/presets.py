@@ -106,13 +106,14 @@ def get_preset(name):
     return PRESETS[name]
 
 
-def build_model(preset, num_classes=None, image_size=None, channels=None, **overrides):
+def build_model(preset, num_classes=None, image_size=None, channels=None, seed=0, **overrides):
     """Builds an uncompiled `DiffusionModel` for a preset.
 
     Args:
         preset: a `Preset` or its name.
         num_classes: classes of a conditional model (None: unconditional).
         image_size, channels: override the preset's image shape.
+        seed: base seed of the training noise and timesteps.
         **overrides: `Preset` fields to replace (e.g. `num_timesteps=100`).
 
     Returns:
@@ -134,7 +135,7 @@ def build_model(preset, num_classes=None, image_size=None, channels=None, **over
         loss_type=preset.loss_type,
     )
     return DiffusionModel(unet, diffusion, ema_decay=preset.ema_decay,
-                          label_dropout=preset.label_dropout if unet.num_classes else 0.0)
+                          label_dropout=preset.label_dropout if unet.num_classes else 0.0, seed=seed)
 
 
 def make_optimizer(preset):
