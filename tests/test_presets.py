@@ -1,0 +1,33 @@
+"""Presets build the models they describe; the warm-up schedule ramps linearly."""
+
+import numpy as np
+import pytest
+
+from tfdiffusion import presets
+
+
+def test_shapes_preset_builds_a_conditional_model():
+    model = presets.build_model("shapes", num_classes=8, seed=3)
+    assert model.num_classes == 8 and model.image_shape == (16, 16, 3)
+    assert model.diffusion.num_timesteps == 1000 and model.diffusion.loss_type == "mse"
+    assert model.seed == 3
+    hybrid = presets.build_model("shapes-hybrid", num_classes=8)
+    assert hybrid.diffusion.model_var_type == "learned_range"
+    assert hybrid.network.compute_output_shape((None, 16, 16, 3))[-1] == 6
+
+
+def test_unconditional_preset_ignores_classes():
+    model = presets.build_model("mnist-small", num_classes=None, num_timesteps=50)
+    assert model.num_classes is None and model.diffusion.num_timesteps == 50
+
+
+def test_linear_warmup():
+    schedule = presets.LinearWarmup(1e-3, 10)
+    values = [float(schedule(step)) for step in (0, 4, 9, 100)]
+    np.testing.assert_allclose(values, [1e-4, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    assert presets.LinearWarmup(**schedule.get_config()).warmup_steps == 10
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="Unknown preset 'huge'.*shapes"):
+        presets.get_preset("huge")
