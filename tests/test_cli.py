@@ -264,7 +264,8 @@ def test_labels_for_an_unconditional_model(unconditional_model, dirs, capsys):
 EXPECTED_FLAGS = {
     "train": ["--preset", "--dataset", "--data-dir", "--output-dir", "--steps", "--epochs",
               "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
-              "--sample-steps", "--num-samples", "--jit-compile", "--no-jit-compile", "--resume"],
+              "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
+              "--no-jit-compile", "--resume"],
     "sample": ["--model", "--num-images", "--sampler", "--steps", "--eta", "--seed", "--labels",
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],
     "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",

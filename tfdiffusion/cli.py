@@ -41,7 +41,7 @@ LOG_DIR = "logs"
 # `train` settings that come from the preset unless given, and that
 # `--resume` takes from the interrupted run's checkpoints/run.json.
 _RUN_SETTINGS = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate",
-                 "num_timesteps", "steps", "seed", "sample_steps", "num_samples")
+                 "num_timesteps", "steps", "seed", "sample_steps", "num_samples", "guidance_scale")
 
 
 class CLIError(Exception):
@@ -173,6 +173,9 @@ def build_parser():
                        f"{_preset_defaults('sample_steps')}, capped at T)")
     train.add_argument("--num-samples", type=_positive_int,
                        help=f"images in samples.png (default: {DEFAULT_NUM_SAMPLES})")
+    train.add_argument("--guidance-scale", type=float, metavar="W",
+                       help="classifier-free guidance for samples.png of a conditional model "
+                       f"(default: the preset's: {_preset_defaults('guidance_scale', '{:g}')})")
     _add_jit_flag(train, "yes: training and samples compile with XLA")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from checkpoints/ckpt.keras (weights, "
@@ -432,7 +435,8 @@ def _resolve_train_settings(args, saved):
                     image_size=preset.image_size, batch_size=preset.batch_size,
                     learning_rate=preset.learning_rate, num_timesteps=preset.num_timesteps,
                     steps=None if args.epochs else preset.train_steps, seed=0,
-                    sample_steps=preset.sample_steps, num_samples=DEFAULT_NUM_SAMPLES)
+                    sample_steps=preset.sample_steps, num_samples=DEFAULT_NUM_SAMPLES,
+                    guidance_scale=preset.guidance_scale)
     settings = {**defaults, **settings}
     if not explicit_sample_steps:
         settings["sample_steps"] = min(settings["sample_steps"], settings["num_timesteps"])
@@ -509,9 +513,12 @@ def _train(args):
     model_path = os.path.join(out, MODEL_FILE)
     with images.atomic_output(model_path) as tmp:
         model.save(tmp)
-    print(f"Sampling {settings['num_samples']} images (DDIM, {settings['sample_steps']} steps)", flush=True)
+    guidance_scale = settings["guidance_scale"] if model.num_classes else 1.0
+    print(f"Sampling {settings['num_samples']} images (DDIM, {settings['sample_steps']} steps, "
+          f"guidance {guidance_scale:g})", flush=True)
     labels, columns = _grid_layout(settings["num_samples"], model.num_classes)
     samples = _generate(model, settings["num_samples"], num_steps=settings["sample_steps"],
+                        guidance_scale=guidance_scale,
                         seed=settings["seed"], labels=labels, jit_compile=args.jit_compile)
     samples_path = os.path.join(out, SAMPLES_FILE)
     images.save_grid(samples, samples_path, nrow=columns)
@@ -530,6 +537,7 @@ def _train(args):
         class_names=list(dataset.class_names) if model.num_classes and dataset.class_names else None,
         samples=dict(file=SAMPLES_FILE, num_images=settings["num_samples"], columns=columns,
                      sampler="ddim", steps=settings["sample_steps"], seed=settings["seed"],
+                     guidance_scale=guidance_scale,
                      labels=None if labels is None else labels.tolist()),
     )
     summary_path = os.path.join(out, SUMMARY_FILE)

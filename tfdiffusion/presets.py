@@ -29,6 +29,7 @@ class Preset:
         batch_size, learning_rate, train_steps, ema_decay, label_dropout,
         warmup_steps: training settings (warmup: linear learning-rate ramp).
         sample_steps: default DDIM steps for samples.
+        guidance_scale: default classifier-free guidance of a conditional model's samples.
     """
 
     name: str
@@ -50,28 +51,26 @@ class Preset:
     ema_decay: float = 0.9999
     label_dropout: float = 0.1
     sample_steps: int = 50
+    guidance_scale: float = 1.0
 
+
+_SHAPES = Preset(
+    name="shapes",
+    description="Built-in shapes, 16x16, class-conditional; minutes on a laptop CPU (the README's run).",
+    dataset="shapes", image_size=16, channels=3,
+    unet=dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+              attention_resolutions=(4,), dropout=0.0, num_groups=8),
+    batch_size=32, learning_rate=2e-3, train_steps=2500, warmup_steps=100,
+    ema_decay=0.995, sample_steps=50)
 
 PRESETS = {
     preset.name: preset
     for preset in [
-        Preset(
-            name="shapes",
-            description="Built-in shapes, 16x16, class-conditional; minutes on a laptop CPU (the README's run).",
-            dataset="shapes", image_size=16, channels=3,
-            unet=dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(4,), dropout=0.0, num_groups=8),
-            batch_size=64, learning_rate=2e-3, train_steps=1500, warmup_steps=100,
-            ema_decay=0.995, sample_steps=50),
-        Preset(
-            name="shapes-hybrid",
+        _SHAPES,
+        dataclasses.replace(
+            _SHAPES, name="shapes-hybrid",
             description="As 'shapes' with learned variances and Improved DDPM's hybrid loss.",
-            dataset="shapes", image_size=16, channels=3,
-            unet=dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(4,), dropout=0.0, num_groups=8),
-            model_var_type="learned_range", loss_type="hybrid",
-            batch_size=64, learning_rate=2e-3, train_steps=1500, warmup_steps=100,
-            ema_decay=0.995, sample_steps=50),
+            model_var_type="learned_range", loss_type="hybrid"),
         Preset(
             name="mnist-small",
             description="MNIST 28x28x1, channels (32, 64, 128), attention at 7x7.",

@@ -209,8 +209,11 @@ class UNet(keras.Model):
         )
         self.label_embedding = None
         if num_classes is not None:
+            # N(0, 1) rows as ADM's class embedding: Keras' default U(-0.05, 0.05)
+            # is too faint next to the time embedding for labels to steer early training.
             self.label_embedding = keras.layers.Embedding(
-                num_classes + 1, emb_dim, dtype=dtype, name="label_embedding"
+                num_classes + 1, emb_dim, dtype=dtype, name="label_embedding",
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
             )
         self.conv_in = keras.layers.Conv2D(
             base_channels, 3, padding="same", dtype=dtype, name="conv_in"
