@@ -61,7 +61,7 @@ _SHAPES = Preset(
     unet=dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
               attention_resolutions=(4,), dropout=0.0, num_groups=8),
     batch_size=32, learning_rate=2e-3, train_steps=2500, warmup_steps=100,
-    ema_decay=0.995, sample_steps=50)
+    ema_decay=0.995, sample_steps=50, guidance_scale=3.0)
 
 PRESETS = {
     preset.name: preset
