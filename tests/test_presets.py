@@ -31,3 +31,11 @@ def test_linear_warmup():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="Unknown preset 'huge'.*shapes"):
         presets.get_preset("huge")
+
+
+def test_linear_warmup_then_decay_to_zero():
+    schedule = presets.LinearWarmup(1e-3, 10, decay_steps=110)
+    values = [float(schedule(step)) for step in (0, 9, 10, 60, 110, 200)]
+    # Warm-up to 1e-3 at step 9, then linear decay reaching 0 at step 110.
+    np.testing.assert_allclose(values, [1e-4, 1e-3, 1e-3, 0.5e-3, 0.0, 0.0], rtol=1e-6, atol=1e-12)
+    assert presets.LinearWarmup(**schedule.get_config()).decay_steps == 110

@@ -584,8 +584,10 @@ def _build_training(args, preset, settings, checkpoint):
         if args.jit_compile is not None:
             model.jit_compile = args.jit_compile
     else:
+        # train_steps: where a decaying learning-rate schedule reaches 0.
         preset = dataclasses.replace(preset, learning_rate=settings["learning_rate"],
-                                     num_timesteps=settings["num_timesteps"])
+                                     num_timesteps=settings["num_timesteps"],
+                                     train_steps=settings["steps"])
         try:
             model = presets.build_model(preset, num_classes=num_classes, image_size=image_shape[0],
                                         channels=image_shape[-1], seed=settings["seed"])

@@ -28,6 +28,7 @@ class Preset:
         conditional: train a class-conditional model when the data has labels.
         batch_size, learning_rate, train_steps, ema_decay, label_dropout,
         warmup_steps: training settings (warmup: linear learning-rate ramp).
+        decay_to_zero: decay the learning rate linearly to 0 at `train_steps`.
         sample_steps: default DDIM steps for samples.
         guidance_scale: default classifier-free guidance of a conditional model's samples.
     """
@@ -52,6 +53,7 @@ class Preset:
     label_dropout: float = 0.1
     sample_steps: int = 50
     guidance_scale: float = 1.0
+    decay_to_zero: bool = False
 
 
 _SHAPES = Preset(
@@ -138,25 +140,34 @@ def build_model(preset, num_classes=None, image_size=None, channels=None, seed=0
 
 
 def make_optimizer(preset):
-    """AdamW at the preset's learning rate, after a linear warm-up of `warmup_steps`."""
+    """AdamW at the preset's learning rate: a linear warm-up of `warmup_steps`,
+    then, with `decay_to_zero`, a linear decay to 0 at `train_steps`."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     learning_rate = preset.learning_rate
-    if preset.warmup_steps:
-        learning_rate = LinearWarmup(preset.learning_rate, preset.warmup_steps)
+    if preset.warmup_steps or preset.decay_to_zero:
+        learning_rate = LinearWarmup(preset.learning_rate, max(preset.warmup_steps, 1),
+                                     decay_steps=preset.train_steps if preset.decay_to_zero else None)
     return keras.optimizers.AdamW(learning_rate, weight_decay=0.0)
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
 class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant."""
+    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant,
+    or (with `decay_steps`) falling linearly to 0 at step `decay_steps`."""
 
-    def __init__(self, learning_rate, warmup_steps):
+    def __init__(self, learning_rate, warmup_steps, decay_steps=None):
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
+        self.decay_steps = None if decay_steps is None else int(decay_steps)
 
     def __call__(self, step):
-        fraction = keras.ops.minimum(1.0, (keras.ops.cast(step, "float32") + 1.0) / self.warmup_steps)
+        step = keras.ops.cast(step, "float32")
+        fraction = keras.ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        if self.decay_steps is not None:
+            remaining = (self.decay_steps - step) / max(self.decay_steps - self.warmup_steps, 1)
+            fraction = keras.ops.minimum(fraction, keras.ops.maximum(remaining, 0.0))
         return self.learning_rate * fraction
 
     def get_config(self):
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "decay_steps": self.decay_steps}
