@@ -42,6 +42,47 @@ def test_res_block_uses_embedding():
     assert np.abs(a - b).max() > 1e-3
 
 
+def _group_norm(x, num_groups, eps):
+    b, h, w, c = x.shape
+    g = x.reshape(b, h * w, num_groups, c // num_groups)
+    mean = g.mean(axis=(1, 3), keepdims=True)
+    var = g.var(axis=(1, 3), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(b, h, w, c)
+
+
+def _conv3x3(x, kernel, bias):
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = x.shape[1:3]
+    out = sum(padded[:, i:i + h, j:j + w, :] @ kernel[i, j] for i in range(3) for j in range(3))
+    return out + bias
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_res_block_matches_numpy(scale_shift):
+    # DDPM: h = conv1(silu(gn(x))) + dense(silu(emb)); out = x + conv2(silu(gn(h))).
+    # ADM scale-shift: out = x + conv2(silu(gn(conv1(silu(gn(x)))) * (1 + scale) + shift)).
+    block = ResBlock(16, num_groups=8, use_scale_shift_norm=scale_shift)
+    block(X, EMB)
+    perturb_weights(block)
+    w = {v.path.split("/", 1)[1]: numpy(v).astype(np.float64) for v in block.weights}
+    silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+    x, emb = X.astype(np.float64), EMB.astype(np.float64)
+    eps = block.norm_1.epsilon
+
+    def norm(v, name):
+        return _group_norm(v, 8, eps) * w[f"{name}/gamma"] + w[f"{name}/beta"]
+
+    h = _conv3x3(silu(norm(x, "norm_1")), w["conv_1/kernel"], w["conv_1/bias"])
+    e = (silu(emb) @ w["emb_proj/kernel"] + w["emb_proj/bias"])[:, None, None, :]
+    assert e.shape[-1] == (32 if scale_shift else 16)
+    if scale_shift:
+        h = norm(h, "norm_2") * (1 + e[..., :16]) + e[..., 16:]
+    else:
+        h = norm(h + e, "norm_2")
+    expected = x + _conv3x3(silu(h), w["conv_2/kernel"], w["conv_2/bias"])
+    np.testing.assert_allclose(numpy(block(X, EMB)), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_res_block_dropout_only_in_training():
     block = ResBlock(16, dropout=0.5, num_groups=8)
     block(X, EMB)
@@ -52,7 +93,7 @@ def test_res_block_dropout_only_in_training():
 
 
 def test_res_block_config_and_save(tmp_path):
-    block = ResBlock(24, dropout=0.1, num_groups=8, name="res")
+    block = ResBlock(24, dropout=0.1, num_groups=8, use_scale_shift_norm=True, name="res")
     check_config_round_trip(block)
     block(X, EMB)
     perturb_weights(block)
@@ -62,6 +103,8 @@ def test_res_block_config_and_save(tmp_path):
 def test_res_block_rejects_groups_not_dividing_channels():
     with pytest.raises(ValueError, match="num_groups=32, channels=48"):
         ResBlock(48, num_groups=32)
+    with pytest.raises(ValueError, match="use_scale_shift_norm=1"):
+        ResBlock(16, num_groups=8, use_scale_shift_norm=1)
     with pytest.raises(ValueError, match="num_groups=8, channels=12"):
         ResBlock(16, num_groups=8)(X[..., :12], EMB)
 

@@ -13,7 +13,9 @@ class ResBlock(keras.layers.Layer):
     `h = Conv3x3(SiLU(GroupNorm(x))) + Dense(SiLU(emb))[:, None, None, :]`,
     `h = Conv3x3(Dropout(SiLU(GroupNorm(h))))`, output `skip(x) + h`, where
     `skip` is the identity when the channel count is unchanged and a 1x1
-    convolution otherwise. The second convolution is zero-initialised (as in
+    convolution otherwise. With `use_scale_shift_norm` (ADM's FiLM
+    conditioning) the embedding is projected to a scale and a shift instead,
+    and the second norm becomes `GroupNorm(h) * (1 + scale) + shift`. The second convolution is zero-initialised (as in
     ADM), so a fresh block computes `skip(x)`.
 
     Args:
@@ -21,6 +23,9 @@ class ResBlock(keras.layers.Layer):
         dropout: Dropout rate before the second convolution, in [0, 1).
         num_groups: GroupNorm groups; must divide both the input and
             the output channel counts.
+        use_scale_shift_norm: Condition through a scale and shift of the
+            second GroupNorm's output (ADM) rather than by adding the
+            embedding after the first convolution (DDPM).
         **kwargs: Passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -36,7 +41,8 @@ class ResBlock(keras.layers.Layer):
         Beat GANs on Image Synthesis", App. A.
     """
 
-    def __init__(self, out_channels, dropout=0.0, num_groups=32, **kwargs):
+    def __init__(self, out_channels, dropout=0.0, num_groups=32, use_scale_shift_norm=False,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(
@@ -48,6 +54,12 @@ class ResBlock(keras.layers.Layer):
                 f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
             )
         check_num_groups(num_groups, out_channels)
+        if not isinstance(use_scale_shift_norm, bool):
+            raise ValueError(
+                "`use_scale_shift_norm` must be True or False. "
+                f"Received: use_scale_shift_norm={use_scale_shift_norm!r}"
+            )
+        self.use_scale_shift_norm = use_scale_shift_norm
         self.out_channels = out_channels
         self.dropout = dropout
         self.num_groups = num_groups
@@ -58,7 +70,7 @@ class ResBlock(keras.layers.Layer):
             out_channels, 3, padding="same", dtype=dtype, name="conv_1"
         )
         self.emb_proj = keras.layers.Dense(
-            out_channels, dtype=dtype, name="emb_proj"
+            out_channels * (2 if use_scale_shift_norm else 1), dtype=dtype, name="emb_proj"
         )
         self.norm_2 = GroupNorm(num_groups, dtype=dtype, name="norm_2")
         self.dropout_layer = keras.layers.Dropout(
@@ -93,8 +105,13 @@ class ResBlock(keras.layers.Layer):
     def call(self, x, emb, training=None):
         silu = keras.activations.silu
         h = self.conv_1(silu(self.norm_1(x)))
-        h = h + self.emb_proj(silu(emb))[:, None, None, :]
-        h = self.dropout_layer(silu(self.norm_2(h)), training=training)
+        emb = self.emb_proj(silu(emb))[:, None, None, :]
+        if self.use_scale_shift_norm:
+            scale, shift = keras.ops.split(emb, 2, axis=-1)
+            h = self.norm_2(h) * (1.0 + scale) + shift
+        else:
+            h = self.norm_2(h + emb)
+        h = self.dropout_layer(silu(h), training=training)
         h = self.conv_2(h)
         skip = x if self.skip is None else self.skip(x)
         return skip + h
@@ -109,6 +126,7 @@ class ResBlock(keras.layers.Layer):
                 "out_channels": self.out_channels,
                 "dropout": self.dropout,
                 "num_groups": self.num_groups,
+                "use_scale_shift_norm": self.use_scale_shift_norm,
             }
         )
         return config

@@ -87,6 +87,9 @@ class UNet(keras.Model):
         num_heads: Attention heads; must divide every attention channel count.
         num_groups: GroupNorm groups; must divide every channel
             count (use fewer groups for small models, e.g. 8 at 32 channels).
+        use_scale_shift_norm: ResBlocks condition on the embedding through
+            a scale and shift of their second GroupNorm (ADM) instead of
+            adding it (DDPM, the default).
         **kwargs: Passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -123,6 +126,7 @@ class UNet(keras.Model):
         learn_sigma=False,
         num_heads=1,
         num_groups=32,
+        use_scale_shift_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -191,6 +195,7 @@ class UNet(keras.Model):
         self.learn_sigma = learn_sigma
         self.num_heads = num_heads
         self.num_groups = num_groups
+        self.use_scale_shift_norm = use_scale_shift_norm
         self.out_channels = in_channels * (2 if learn_sigma else 1)
 
         dtype = self.dtype_policy
@@ -198,7 +203,8 @@ class UNet(keras.Model):
 
         def res_block(channels, name):
             return ResBlock(
-                channels, dropout, num_groups, dtype=dtype, name=name
+                channels, dropout, num_groups, use_scale_shift_norm,
+                dtype=dtype, name=name
             )
 
         def attention(name):
@@ -433,6 +439,7 @@ class UNet(keras.Model):
                 "learn_sigma": self.learn_sigma,
                 "num_heads": self.num_heads,
                 "num_groups": self.num_groups,
+                "use_scale_shift_norm": self.use_scale_shift_norm,
             }
         )
         return config
