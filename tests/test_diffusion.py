@@ -161,6 +161,36 @@ def test_mse_targets(mean_type):
     assert losses["vb"].shape == (x0.shape[0],)
 
 
+@pytest.mark.parametrize("mean_type", MEAN_TYPES)
+def test_min_snr_weighting_is_x0_error_times_clipped_snr(mean_type):
+    # Min-SNR-gamma (Hang et al. 2023): whatever the network predicts, the
+    # weighted loss is the x0-space squared error times min(SNR_t, gamma).
+    gamma = 5.0
+    betas = _betas()
+    _, abar, _ = _reference(betas)
+    x0, noise, t = _data(7, shape=(T, 4, 4, 3))
+    t = np.arange(T)  # every step, from SNR >> gamma to SNR << gamma
+    output = np.random.default_rng(8).standard_normal(x0.shape)
+    a, s = np.sqrt(_bcast(abar, t, x0)), np.sqrt(1 - _bcast(abar, t, x0))
+    x_t = a * x0 + s * noise
+    x0_hat = {"epsilon": (x_t - s * output) / a, "x0": output, "v": a * x_t - s * output}[mean_type]
+    snr = abar / (1 - abar)
+    assert snr.max() > gamma > snr.min()
+    expected = np.minimum(snr, gamma) * ((x0 - x0_hat) ** 2).mean(axis=(1, 2, 3))
+    diffusion = GaussianDiffusion(betas, mean_type, min_snr_gamma=gamma)
+    losses = diffusion.training_losses(lambda x, tt: tf.constant(output, tf.float32),
+                                       x0.astype(np.float32), t, noise=noise.astype(np.float32))
+    np.testing.assert_allclose(losses["loss"], expected, rtol=2e-4)
+    # `mse` stays the unweighted error against the target.
+    unweighted = GaussianDiffusion(betas, mean_type).training_losses(
+        lambda x, tt: tf.constant(output, tf.float32), x0.astype(np.float32), t,
+        noise=noise.astype(np.float32))
+    np.testing.assert_allclose(losses["mse"], unweighted["mse"], rtol=1e-6)
+    # The weighting survives respacing and the config round trip.
+    assert diffusion.respace(5).min_snr_gamma == gamma
+    assert GaussianDiffusion.from_config(diffusion.get_config()).min_snr_gamma == gamma
+
+
 def test_model_receives_inputs_and_kwargs():
     seen = {}
 
@@ -207,6 +237,8 @@ def test_config_round_trip():
     (dict(loss_type="hybrid"), "needs model_var_type='learned_range'"),
     (dict(loss_type="mse", model_var_type="learned_range"), "no gradient"),
     (dict(betas=np.array([0.1, 1.0])), r"\(0, 1\)"),
+    (dict(min_snr_gamma=0.0), "min_snr_gamma=0.0"),
+    (dict(min_snr_gamma="5"), "positive number"),
     (dict(betas=np.ones([2, 2]) * 0.1), "1-D"),
 ])
 def test_bad_constructor_arguments(kwargs, match):

@@ -53,14 +53,21 @@ class GaussianDiffusion:
         timestep_map: optional int array `[T]`: the timestep each step of
             this (respaced) process has in the process the model was trained
             on; the model is called with mapped timesteps. Made by `respace`.
+        min_snr_gamma: optional positive float gamma: weight the mse term of
+            the loss by min(SNR_t, gamma) / SNR_t for "epsilon", min(SNR_t,
+            gamma) for "x0" and min(SNR_t, gamma) / (SNR_t + 1) for "v", with
+            SNR_t = abar_t / (1 - abar_t): each is the x0-space error weighted
+            by min(SNR_t, gamma) (Min-SNR, Hang et al. 2023; gamma = 5 there).
+            None (the default) leaves the mse unweighted (L_simple).
 
     References:
         Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
         Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models".
+        Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy".
     """
 
     def __init__(self, betas, model_mean_type="epsilon", model_var_type="fixed_small",
-                 loss_type="mse", timestep_map=None):
+                 loss_type="mse", timestep_map=None, min_snr_gamma=None):
         _check_choice("model_mean_type", model_mean_type, MEAN_TYPES)
         _check_choice("model_var_type", model_var_type, VAR_TYPES)
         _check_choice("loss_type", loss_type, LOSS_TYPES)
@@ -83,6 +90,13 @@ class GaussianDiffusion:
             raise ValueError(
                 "`betas` must lie in (0, 1): a beta of 1 makes alpha_bar_T = 0, from which x_0 "
                 f"cannot be recovered. Received min={betas.min()}, max={betas.max()}")
+        if min_snr_gamma is not None and (
+                isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float))
+                or not min_snr_gamma > 0):
+            raise ValueError(
+                f"`min_snr_gamma` must be None or a positive number. Received: "
+                f"min_snr_gamma={min_snr_gamma!r}")
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
         self.betas = betas
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
@@ -111,6 +125,13 @@ class GaussianDiffusion:
         first = posterior_variance[1] if len(betas) > 1 else betas[0]
         posterior_log_variance = np.log(np.append(first, posterior_variance[1:]))
         fixed_large_variance = np.append(first, betas[1:])
+        snr = abar / (1.0 - abar)
+        if self.min_snr_gamma is None:
+            mse_weight = np.ones_like(betas)
+        else:
+            clipped = np.minimum(snr, self.min_snr_gamma)
+            mse_weight = {"epsilon": clipped / snr, "x0": clipped,
+                          "v": clipped / (snr + 1.0)}[self.model_mean_type]
         with np.errstate(divide="ignore"):
             self._np = dict(
                 sqrt_abar=np.sqrt(abar),
@@ -127,6 +148,7 @@ class GaussianDiffusion:
                 fixed_large_variance=fixed_large_variance,
                 fixed_large_log_variance=np.log(fixed_large_variance),
                 log_betas=np.log(betas),
+                mse_weight=mse_weight,
             )
         self._tf = {name: _constant(value) for name, value in self._np.items()}
         self._timestep_map = tf.constant(self.timestep_map, dtype=tf.int32)
@@ -140,6 +162,8 @@ class GaussianDiffusion:
             model_var_type=self.model_var_type,
             loss_type=self.loss_type,
         )
+        if self.min_snr_gamma is not None:
+            config["min_snr_gamma"] = self.min_snr_gamma
         if not np.array_equal(self.timestep_map, np.arange(self.num_timesteps)):
             config["timestep_map"] = self.timestep_map.tolist()
         return config
@@ -175,7 +199,8 @@ class GaussianDiffusion:
         abar = self.alphas_cumprod[kept]
         new_betas = 1.0 - abar / np.append(1.0, abar[:-1])
         return GaussianDiffusion(new_betas, self.model_mean_type, self.model_var_type,
-                                 self.loss_type, timestep_map=self.timestep_map[kept])
+                                 self.loss_type, timestep_map=self.timestep_map[kept],
+                                 min_snr_gamma=self.min_snr_gamma)
 
     # ----------------------------------------------------------------- helpers
     def _extract(self, name, t, x):
@@ -341,7 +366,8 @@ class GaussianDiffusion:
 
         Returns:
             dict of float32 `[B]`: `loss` (what to minimise), `mse` (the mean
-            squared error of the mean prediction against its target) and
+            squared error of the mean prediction against its target, before
+            any `min_snr_gamma` weighting) and
             `vb` (L_t in bits/dim, with the mean stop-gradiented for "hybrid").
         """
         x_start = tf.convert_to_tensor(x_start, tf.float32)
@@ -357,13 +383,14 @@ class GaussianDiffusion:
             output = tf.concat([tf.stop_gradient(mean_output), var_values], axis=-1)
         prediction = self._mean_variance_from_output(output, x_t, t, clip_denoised=False)
         vb = self._vb_terms_bpd(x_start, x_t, t, prediction)
+        weighted_mse = mse if self.min_snr_gamma is None else mse * tf.gather(self._tf["mse_weight"], t)
         if self.loss_type == "mse":
-            loss = mse
+            loss = weighted_mse
         elif self.loss_type == "kl":
             loss = vb * self.num_timesteps
         else:
             # L_simple + 0.001 * L_vlb with L_vlb estimated as T * L_t.
-            loss = mse + vb * (self.num_timesteps * HYBRID_VLB_WEIGHT)
+            loss = weighted_mse + vb * (self.num_timesteps * HYBRID_VLB_WEIGHT)
         return dict(loss=loss, mse=mse, vb=vb)
 
     def bpd_timesteps(self, num_eval_steps=None, seed=None):
