@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 import tfdiffusion as tfdiff
+from tfdiffusion import presets
 from tfdiffusion import shapes
 
 
@@ -48,9 +49,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a .keras DiffusionModel trained on shapes")
     parser.add_argument("--per-class", type=int, default=32, help="samples per class (default: 32)")
-    parser.add_argument("--sampler", default="ddim", help="ddim or ddpm (default: ddim)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="guidance scale (default: 1)")
+    grid = presets.get_preset("shapes")  # default: what `tfdiffusion train` draws samples.png with
+    parser.add_argument("--sampler", default=grid.sampler, help=f"ddim or ddpm (default: {grid.sampler})")
+    parser.add_argument("--steps", type=int, default=grid.sample_steps,
+                        help=f"sampling steps (default: {grid.sample_steps})")
+    parser.add_argument("--guidance-scale", type=float, default=grid.guidance_scale,
+                        help=f"guidance scale (default: {grid.guidance_scale:g})")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     args = parser.parse_args(argv)
 

@@ -181,6 +181,8 @@ def test_train_writes_the_summary(trained):
     assert math.isfinite(summary["final_loss"]) and summary["final_loss"] > 0
     assert summary["wall_time_seconds"] > 0
     assert summary["samples"]["labels"] == [0, 1, 2, 3]
+    # The shapes preset's grid sampler is ancestral DDPM, at --sample-steps.
+    assert summary["samples"]["sampler"] == "ddpm" and summary["samples"]["steps"] == 2
 
 
 def test_train_resume_continues_the_run(model_runs, dirs):
@@ -264,7 +266,7 @@ def test_labels_for_an_unconditional_model(unconditional_model, dirs, capsys):
 EXPECTED_FLAGS = {
     "train": ["--preset", "--dataset", "--data-dir", "--output-dir", "--steps", "--epochs",
               "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
-              "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
+              "--sampler", "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
               "--no-jit-compile", "--resume"],
     "sample": ["--model", "--num-images", "--sampler", "--steps", "--eta", "--seed", "--labels",
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],

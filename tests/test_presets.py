@@ -11,6 +11,8 @@ def test_shapes_preset_builds_a_conditional_model():
     assert model.num_classes == 8 and model.image_shape == (16, 16, 3)
     assert model.diffusion.num_timesteps == 1000 and model.diffusion.loss_type == "mse"
     assert model.seed == 3
+    # Min-SNR-5 loss weighting and ADM's scale-shift conditioning.
+    assert model.diffusion.min_snr_gamma == 5.0 and model.network.use_scale_shift_norm
     hybrid = presets.build_model("shapes-hybrid", num_classes=8)
     assert hybrid.diffusion.model_var_type == "learned_range"
     assert hybrid.network.compute_output_shape((None, 16, 16, 3))[-1] == 6

@@ -41,7 +41,7 @@ LOG_DIR = "logs"
 # `train` settings that come from the preset unless given, and that
 # `--resume` takes from the interrupted run's checkpoints/run.json.
 _RUN_SETTINGS = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate",
-                 "num_timesteps", "steps", "seed", "sample_steps", "num_samples", "guidance_scale")
+                 "num_timesteps", "steps", "seed", "sampler", "sample_steps", "num_samples", "guidance_scale")
 
 
 class CLIError(Exception):
@@ -138,7 +138,7 @@ def build_parser():
         "train", help="train a model from a preset and write model, samples and summary",
         description=(
             "Train a DiffusionModel with model.fit and write, in --output-dir: model.keras "
-            "(the trained model, EMA weights and optimizer state), samples.png (a DDIM sample "
+            "(the trained model, EMA weights and optimizer state), samples.png (a sample "
             "grid; one row per class for a class-conditional model), train_summary.json, "
             "checkpoints/ckpt.keras (the whole model after every epoch, written atomically; "
             "--resume continues from it) and logs/ (TensorBoard). Settings not given come from "
@@ -168,8 +168,11 @@ def build_parser():
                        help=f"diffusion steps T (default: the preset's: {_preset_defaults('num_timesteps')})")
     train.add_argument("--seed", type=int,
                        help="seed of weight initialization, data order and sample noise (default: 0)")
+    train.add_argument("--sampler", choices=samplers.SAMPLERS,
+                       help=f"sampler of samples.png: ddim or ddpm (ancestral, respaced to "
+                       f"--sample-steps) (default: the preset's: {_preset_defaults('sampler')})")
     train.add_argument("--sample-steps", type=_positive_int,
-                       help=f"DDIM steps for samples.png, at most T (default: the preset's: "
+                       help=f"sampling steps for samples.png, at most T (default: the preset's: "
                        f"{_preset_defaults('sample_steps')}, capped at T)")
     train.add_argument("--num-samples", type=_positive_int,
                        help=f"images in samples.png (default: {DEFAULT_NUM_SAMPLES})")
@@ -435,7 +438,7 @@ def _resolve_train_settings(args, saved):
                     image_size=preset.image_size, batch_size=preset.batch_size,
                     learning_rate=preset.learning_rate, num_timesteps=preset.num_timesteps,
                     steps=None if args.epochs else preset.train_steps, seed=0,
-                    sample_steps=preset.sample_steps, num_samples=DEFAULT_NUM_SAMPLES,
+                    sampler=preset.sampler, sample_steps=preset.sample_steps, num_samples=DEFAULT_NUM_SAMPLES,
                     guidance_scale=preset.guidance_scale)
     settings = {**defaults, **settings}
     if not explicit_sample_steps:
@@ -514,11 +517,12 @@ def _train(args):
     with images.atomic_output(model_path) as tmp:
         model.save(tmp)
     guidance_scale = settings["guidance_scale"] if model.num_classes else 1.0
-    print(f"Sampling {settings['num_samples']} images (DDIM, {settings['sample_steps']} steps, "
+    print(f"Sampling {settings['num_samples']} images ({settings['sampler'].upper()}, "
+          f"{settings['sample_steps']} steps, "
           f"guidance {guidance_scale:g})", flush=True)
     labels, columns = _grid_layout(settings["num_samples"], model.num_classes)
-    samples = _generate(model, settings["num_samples"], num_steps=settings["sample_steps"],
-                        guidance_scale=guidance_scale,
+    samples = _generate(model, settings["num_samples"], sampler=settings["sampler"],
+                        num_steps=settings["sample_steps"], guidance_scale=guidance_scale,
                         seed=settings["seed"], labels=labels, jit_compile=args.jit_compile)
     samples_path = os.path.join(out, SAMPLES_FILE)
     images.save_grid(samples, samples_path, nrow=columns)
@@ -536,7 +540,7 @@ def _train(args):
         num_classes=model.num_classes,
         class_names=list(dataset.class_names) if model.num_classes and dataset.class_names else None,
         samples=dict(file=SAMPLES_FILE, num_images=settings["num_samples"], columns=columns,
-                     sampler="ddim", steps=settings["sample_steps"], seed=settings["seed"],
+                     sampler=settings["sampler"], steps=settings["sample_steps"], seed=settings["seed"],
                      guidance_scale=guidance_scale,
                      labels=None if labels is None else labels.tolist()),
     )

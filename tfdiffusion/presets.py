@@ -24,12 +24,14 @@ class Preset:
         channels: image channels.
         unet: `UNet` keyword arguments besides image size, channels and classes.
         schedule: beta schedule name; `num_timesteps` its T.
-        model_mean_type, model_var_type, loss_type: `GaussianDiffusion` options.
+        model_mean_type, model_var_type, loss_type, min_snr_gamma:
+            `GaussianDiffusion` options.
         conditional: train a class-conditional model when the data has labels.
         batch_size, learning_rate, train_steps, ema_decay, label_dropout,
         warmup_steps: training settings (warmup: linear learning-rate ramp).
         decay_to_zero: decay the learning rate linearly to 0 at `train_steps`.
-        sample_steps: default DDIM steps for samples.
+        sampler: default sampler of the sample grid, "ddim" or "ddpm".
+        sample_steps: its default number of steps.
         guidance_scale: default classifier-free guidance of a conditional model's samples.
     """
 
@@ -44,6 +46,7 @@ class Preset:
     model_mean_type: str = "epsilon"
     model_var_type: str = "fixed_small"
     loss_type: str = "mse"
+    min_snr_gamma: float | None = None
     conditional: bool = True
     batch_size: int = 64
     learning_rate: float = 2e-4
@@ -51,6 +54,7 @@ class Preset:
     warmup_steps: int = 0
     ema_decay: float = 0.9999
     label_dropout: float = 0.1
+    sampler: str = "ddim"
     sample_steps: int = 50
     guidance_scale: float = 1.0
     decay_to_zero: bool = False
@@ -61,9 +65,10 @@ _SHAPES = Preset(
     description="Built-in shapes, 16x16, class-conditional; minutes on a laptop CPU (the README's run).",
     dataset="shapes", image_size=16, channels=3,
     unet=dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-              attention_resolutions=(4,), dropout=0.0, num_groups=8),
+              attention_resolutions=(4,), dropout=0.0, num_groups=8, use_scale_shift_norm=True),
+    min_snr_gamma=5.0,
     batch_size=32, learning_rate=2e-3, train_steps=2500, warmup_steps=100,
-    ema_decay=0.995, sample_steps=50, guidance_scale=3.0)
+    ema_decay=0.995, sampler="ddpm", sample_steps=100, guidance_scale=3.0)
 
 PRESETS = {
     preset.name: preset
@@ -134,6 +139,7 @@ def build_model(preset, num_classes=None, image_size=None, channels=None, seed=0
         model_mean_type=preset.model_mean_type,
         model_var_type=preset.model_var_type,
         loss_type=preset.loss_type,
+        min_snr_gamma=preset.min_snr_gamma,
     )
     return DiffusionModel(unet, diffusion, ema_decay=preset.ema_decay,
                           label_dropout=preset.label_dropout if unet.num_classes else 0.0, seed=seed)
