@@ -15,6 +15,7 @@ def test_shapes_preset_builds_a_conditional_model():
     assert model.diffusion.min_snr_gamma == 5.0 and model.network.use_scale_shift_norm
     hybrid = presets.build_model("shapes-hybrid", num_classes=8)
     assert hybrid.diffusion.model_var_type == "learned_range"
+    assert hybrid.diffusion.min_snr_gamma is None  # the likelihood preset: unweighted L_simple
     assert hybrid.network.compute_output_shape((None, 16, 16, 3))[-1] == 6
 
 

@@ -76,8 +76,9 @@ PRESETS = {
         _SHAPES,
         dataclasses.replace(
             _SHAPES, name="shapes-hybrid",
-            description="As 'shapes' with learned variances and Improved DDPM's hybrid loss.",
-            model_var_type="learned_range", loss_type="hybrid"),
+            description="As 'shapes' with learned variances and Improved DDPM's hybrid loss, "
+                        "unweighted (no Min-SNR): for the likelihood.",
+            model_var_type="learned_range", loss_type="hybrid", min_snr_gamma=None),
         Preset(
             name="mnist-small",
             description="MNIST 28x28x1, channels (32, 64, 128), attention at 7x7.",
