@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfdiffusion.nn import ResBlock
 from tfdiffusion.nn import UNet
 
 from .layer_checks import check_config_round_trip
@@ -99,6 +100,19 @@ def test_config_round_trip_and_save_load(num_classes, tmp_path):
         inputs["y"] = Y
     loaded = check_save_load(unet, inputs, tmp_path)
     assert loaded.null_label == num_classes
+
+
+def test_scale_shift_norm_reaches_every_res_block(tmp_path):
+    plain = perturbed_unet()
+    film = perturbed_unet(use_scale_shift_norm=True)
+    blocks = [layer for layer in film._flatten_layers() if isinstance(layer, ResBlock)]
+    assert blocks and all(block.use_scale_shift_norm for block in blocks)
+    # Each block's embedding projection doubles: (emb_dim + 1) * C more weights.
+    emb_dim = 4 * TINY["base_channels"]
+    extra = sum((emb_dim + 1) * block.out_channels for block in blocks)
+    assert film.count_params() - plain.count_params() == extra
+    check_config_round_trip(film)
+    check_save_load(film, dict(x=X, t=T), tmp_path)
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion_tests")

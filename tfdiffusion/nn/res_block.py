@@ -15,8 +15,9 @@ class ResBlock(keras.layers.Layer):
     `skip` is the identity when the channel count is unchanged and a 1x1
     convolution otherwise. With `use_scale_shift_norm` (ADM's FiLM
     conditioning) the embedding is projected to a scale and a shift instead,
-    and the second norm becomes `GroupNorm(h) * (1 + scale) + shift`. The second convolution is zero-initialised (as in
-    ADM), so a fresh block computes `skip(x)`.
+    and the second norm becomes `GroupNorm(h) * (1 + scale) + shift`. The
+    second convolution is zero-initialised (as in ADM), so a fresh block
+    computes `skip(x)`.
 
     Args:
         out_channels: Output channel count.
@@ -105,12 +106,12 @@ class ResBlock(keras.layers.Layer):
     def call(self, x, emb, training=None):
         silu = keras.activations.silu
         h = self.conv_1(silu(self.norm_1(x)))
-        emb = self.emb_proj(silu(emb))[:, None, None, :]
+        conditioning = self.emb_proj(silu(emb))[:, None, None, :]
         if self.use_scale_shift_norm:
-            scale, shift = keras.ops.split(emb, 2, axis=-1)
+            scale, shift = keras.ops.split(conditioning, 2, axis=-1)
             h = self.norm_2(h) * (1.0 + scale) + shift
         else:
-            h = self.norm_2(h + emb)
+            h = self.norm_2(h + conditioning)
         h = self.dropout_layer(silu(h), training=training)
         h = self.conv_2(h)
         skip = x if self.skip is None else self.skip(x)
