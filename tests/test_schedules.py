@@ -49,15 +49,49 @@ def test_leading_and_trailing_spacing():
     assert list(schedules.space_timesteps(10, 3, "trailing")) == [2, 6, 9]
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: schedules.get_beta_schedule("quadratic", 10), "must be one of"),
-    (lambda: schedules.get_beta_schedule("cosine", 0), "positive integer"),
-    (lambda: schedules.get_beta_schedule("linear", 20), "T > 20"),
-    (lambda: schedules.space_timesteps(100, 0), "between 1 and 100"),
-    (lambda: schedules.space_timesteps(100, 2.5), "between 1 and 100"),
-    (lambda: schedules.space_timesteps(100, 101), "between 1 and 100"),
-    (lambda: schedules.space_timesteps(100, 10, "middle"), "must be one of"),
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: schedules.get_beta_schedule("quadratic", 10), ValueError, "must be one of"),
+    (lambda: schedules.get_beta_schedule("cosine", 0), ValueError, "integer >= 1. Received: num_timesteps=0"),
+    (lambda: schedules.get_beta_schedule("cosine", 10.0), TypeError, "num_timesteps=10.0"),
+    (lambda: schedules.get_beta_schedule("linear", 20), ValueError, "T > 20"),
+    (lambda: schedules.space_timesteps(100, 0), ValueError, r"in \[1, 100\]"),
+    (lambda: schedules.space_timesteps(100, 2.5), TypeError, r"in \[1, 100\]"),
+    (lambda: schedules.space_timesteps(100, True), TypeError, "num_steps=True"),
+    (lambda: schedules.space_timesteps(100, 101), ValueError, r"in \[1, 100\]"),
+    (lambda: schedules.space_timesteps(100, 10, "middle"), ValueError, "must be one of"),
 ])
-def test_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("T", [50, 1000, 4000])
+@pytest.mark.parametrize("spacing", schedules.SPACINGS)
+def test_every_step_count_gives_that_many_distinct_timesteps(T, spacing):
+    # Bug: float arange gave 62 "trailing" steps for T=1000, 61 steps (one of them -1).
+    counts = range(1, T + 1) if T <= 1000 else list(range(1, 200)) + list(range(3900, T + 1))
+    for n in counts:
+        steps = schedules.space_timesteps(T, n, spacing)
+        assert steps.shape == (n,) and steps.dtype == np.int64, (n, steps.shape)
+        assert np.all(np.diff(steps) > 0) and steps[0] >= 0 and steps[-1] <= T - 1, n
+        if spacing == "leading":
+            assert steps[0] == 0
+        elif spacing == "trailing":
+            assert steps[-1] == T - 1
+        else:
+            assert steps[0] == 0 and (n == 1 or steps[-1] == T - 1)
+
+
+@pytest.mark.parametrize("T, n", [(1000, 61), (1000, 103), (1000, 7), (100, 16), (1000, 16), (37, 5)])
+def test_spacings_match_exact_rational_rounding(T, n):
+    # Written from the definitions with exact fractions; halves round to even (numpy's rule).
+    from fractions import Fraction
+
+    def round_half_even(q):
+        return int(round(q))  # Python's round of a Fraction is exact and rounds halves to even
+
+    trailing = [round_half_even(Fraction(T * k, n)) - 1 for k in range(1, n + 1)]
+    linspace = [round_half_even(Fraction((T - 1) * i, n - 1)) for i in range(n)]
+    assert list(schedules.space_timesteps(T, n, "trailing")) == trailing
+    assert list(schedules.space_timesteps(T, n, "linspace")) == linspace
+    assert list(schedules.space_timesteps(T, n, "leading")) == [i * (T // n) for i in range(n)]

@@ -4,18 +4,15 @@ import math
 
 import numpy as np
 
+from tfdiffusion import validation
+
 __all__ = ["SCHEDULES", "SPACINGS", "get_beta_schedule", "space_timesteps"]
 
 SCHEDULES = ("linear", "cosine")
-SPACINGS = ("leading", "trailing")
+SPACINGS = ("leading", "trailing", "linspace")
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-
-def get_beta_schedule(name, num_timesteps):
+def get_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     """Returns the betas of a named noise schedule.
 
     A named schedule, once published, never changes its values.
@@ -35,9 +32,8 @@ def get_beta_schedule(name, num_timesteps):
         Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic
         Models", Eq. 17.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"`name` must be one of {SCHEDULES}. Received: name={name!r}")
-    _check_positive_int("num_timesteps", num_timesteps)
+    validation.check_choice("name", name, SCHEDULES)
+    num_timesteps = validation.check_int("num_timesteps", num_timesteps)
     if name == "linear":
         if num_timesteps <= 20:
             raise ValueError(
@@ -55,28 +51,45 @@ def get_beta_schedule(name, num_timesteps):
     return np.minimum(1.0 - abar[1:] / abar[:-1], 0.999)
 
 
-def space_timesteps(num_timesteps, num_steps, spacing="leading"):
+def _round_half_even_div(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    """round(numerator / denominator) for non-negative integers, halves to even (as `np.round`)."""
+    quotient, remainder = np.divmod(numerator, denominator)
+    up = (2 * remainder > denominator) | ((2 * remainder == denominator) & (quotient % 2 == 1))
+    return quotient + up.astype(np.int64)
+
+
+def space_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading") -> np.ndarray:
     """Chooses `num_steps` of the `num_timesteps` steps for a shorter sampler.
+
+    Integer arithmetic throughout, so every `num_steps` in [1, T] gives
+    exactly `num_steps` distinct timesteps (diffusers' float `arange` gives
+    one too many for some counts, e.g. 62 for T=1000, 61 steps "trailing").
 
     Args:
         num_timesteps: T of the trained diffusion.
         num_steps: how many steps the sampler takes, in [1, T].
         spacing: "leading" (DDIM paper, diffusers' default: 0, k, 2k, ... with
-            k = T // num_steps; T=1000, 50 steps: 0, 20, ..., 980) or
-            "trailing" (ends at T - 1: T=1000, 50 steps: 19, 39, ..., 999).
+            k = T // num_steps; T=1000, 50 steps: 0, 20, ..., 980),
+            "trailing" (round(T k / num_steps) - 1 for k = 1..num_steps, ending
+            at T - 1: T=1000, 50 steps: 19, 39, ..., 999) or "linspace"
+            (round((T - 1) i / (num_steps - 1)): 0, ..., T - 1 evenly). Halves
+            round to even, as diffusers' `np.round` does.
 
     Returns:
-        int64 numpy array `[num_steps]`, strictly increasing timesteps.
+        int64 numpy array `[num_steps]`, strictly increasing timesteps in [0, T).
+
+    References:
+        Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are
+        Flawed", Table 2 (the three spacings).
     """
-    if spacing not in SPACINGS:
-        raise ValueError(f"`spacing` must be one of {SPACINGS}. Received: spacing={spacing!r}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
-            or not 1 <= num_steps <= num_timesteps:
-        raise ValueError(
-            f"`num_steps` must be between 1 and {num_timesteps} (the diffusion's "
-            f"number of timesteps). Received: num_steps={num_steps}"
-        )
+    validation.check_choice("spacing", spacing, SPACINGS)
+    num_timesteps = validation.check_int("num_timesteps", num_timesteps)
+    num_steps = validation.check_int("num_steps", num_steps, 1, num_timesteps)
+    steps = np.arange(num_steps, dtype=np.int64)
     if spacing == "leading":
-        return np.arange(num_steps, dtype=np.int64) * (num_timesteps // num_steps)
-    ratio = num_timesteps / num_steps
-    return (np.round(np.arange(num_timesteps, 0, -ratio)) - 1).astype(np.int64)[::-1].copy()
+        return steps * (num_timesteps // num_steps)
+    if spacing == "trailing":
+        return _round_half_even_div(num_timesteps * (steps + 1), num_steps) - 1
+    if num_steps == 1:
+        return np.zeros([1], np.int64)
+    return _round_half_even_div((num_timesteps - 1) * steps, num_steps - 1)
