@@ -212,8 +212,10 @@ def test_stratified_estimate_is_unbiased():
 ])
 def test_calc_bpd_loop_rejects_bad_data(x0, match):
     diffusion = GaussianDiffusion(schedules.get_beta_schedule("cosine", T))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+    with pytest.raises(ValueError, match=match):  # eagerly: before any work
         diffusion.calc_bpd_loop(lambda x, t: x, x0.astype(np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):  # in a graph: asserts
+        tf.function(lambda x: diffusion.calc_bpd_loop(lambda x, t: x, x)["total_bpd"])(x0.astype(np.float32))
 
 
 def test_num_eval_steps_validation():

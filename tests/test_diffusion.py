@@ -230,21 +230,48 @@ def test_config_round_trip():
     assert (again.model_mean_type, again.model_var_type, again.loss_type) == ("v", "learned_range", "hybrid")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(model_mean_type="score"), "model_mean_type"),
-    (dict(model_var_type="learned"), "model_var_type"),
-    (dict(loss_type="l1"), "loss_type"),
-    (dict(loss_type="hybrid"), "needs model_var_type='learned_range'"),
-    (dict(loss_type="mse", model_var_type="learned_range"), "no gradient"),
-    (dict(betas=np.array([0.1, 1.0])), r"\(0, 1\)"),
-    (dict(min_snr_gamma=0.0), "min_snr_gamma=0.0"),
-    (dict(min_snr_gamma="5"), "positive number"),
-    (dict(betas=np.ones([2, 2]) * 0.1), "1-D"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(model_mean_type="score"), ValueError, "model_mean_type"),
+    (dict(model_var_type="learned"), ValueError, "model_var_type"),
+    (dict(loss_type="l1"), ValueError, "loss_type"),
+    (dict(loss_type="hybrid"), ValueError, "needs model_var_type='learned_range'"),
+    (dict(loss_type="mse", model_var_type="learned_range"), ValueError, "no gradient"),
+    (dict(betas=np.array([1.0, 0.1])), ValueError, r"\(0, 1\)"),
+    (dict(betas=np.array([0.1, 0.0])), ValueError, r"\(0, 1\)"),
+    (dict(betas=np.array([0.1, 1.0])), ValueError, "zero-terminal-SNR.*epsilon"),
+    (dict(betas="cosine"), TypeError, "get_beta_schedule"),
+    (dict(min_snr_gamma=0.0), ValueError, "min_snr_gamma=0.0"),
+    (dict(min_snr_gamma=float("nan")), ValueError, "min_snr_gamma=nan"),
+    (dict(min_snr_gamma="5"), TypeError, "finite number"),
+    (dict(validate_args=1), TypeError, "validate_args"),
+    (dict(betas=np.ones([2, 2]) * 0.1), ValueError, "1-D"),
 ])
-def test_bad_constructor_arguments(kwargs, match):
+def test_bad_constructor_arguments(kwargs, error, match):
     kwargs = {"betas": _betas(), **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         GaussianDiffusion(**kwargs)
+
+
+def test_zero_terminal_snr_with_v_prediction():
+    # Last beta = 1: alpha_bar_T = 0, so x_{T-1} is pure noise and x0 = sqrt(abar) x_t - sqrt(1 - abar) v = -v.
+    betas = np.append(_betas()[:-1], 1.0)
+    diffusion = GaussianDiffusion(betas, "v")
+    _, abar, abar_prev = _reference(betas)
+    assert abar[-1] == 0.0
+    rng = np.random.default_rng(11)
+    x_t, v = rng.standard_normal((2, 3, 2, 2, 1))
+    t = np.full([3], T - 1)
+    got = diffusion.p_mean_variance(lambda x, tt: tf.constant(v, tf.float32), x_t.astype(np.float32), t,
+                                    clip_denoised=False)
+    np.testing.assert_allclose(got["pred_xstart"], -v, rtol=1e-6)
+    # Posterior mean at abar_t = 0: coef1 = sqrt(abar_prev), coef2 = 0.
+    np.testing.assert_allclose(got["mean"], np.sqrt(abar_prev[-1]) * -v, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(got["log_variance"]))
+    x0 = (rng.integers(0, 256, (3, 2, 2, 1)) / 127.5 - 1).astype(np.float32)
+    losses = diffusion.training_losses(lambda x, tt: tf.zeros_like(x), x0, t, seed=0)
+    assert np.all(np.isfinite(losses["loss"])) and np.all(np.isfinite(losses["vb"]))
+    # The prior term is exactly 0: q(x_T | x_0) = N(0, I).
+    np.testing.assert_allclose(diffusion.prior_bpd(x0), 0.0, atol=1e-7)
 
 
 def test_wrong_model_output_channels():

@@ -1,10 +1,12 @@
-"""DDIM and DDPM samplers against numpy loops from the papers, Monte Carlo, guidance and seeds."""
+"""DDIM and DDPM samplers against numpy loops from the papers, Monte Carlo, guidance, seeds, the registry."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfdiffusion import random as tfd_random
 from tfdiffusion import samplers, schedules
+from tfdiffusion.samplers import steps
 from tfdiffusion.diffusion import GaussianDiffusion
 
 T = 20
@@ -136,8 +138,83 @@ def test_noise_shape_mismatch_is_reported():
         diffusion.ddim_sample_loop(_eps_model_tf, [2, 4, 4, 3], num_steps=2, noise=tf.zeros([1, 4, 4, 3]))
 
 
-@pytest.mark.parametrize("num_steps", [0, 21])
-def test_num_steps_out_of_range(num_steps):
+@pytest.mark.parametrize("num_steps, error", [(0, ValueError), (21, ValueError), (2.0, TypeError),
+                                              (True, TypeError)])
+def test_num_steps_out_of_range(num_steps, error):
     diffusion = GaussianDiffusion(schedules.get_beta_schedule("cosine", T))
-    with pytest.raises(ValueError, match="between 1 and 20"):
+    with pytest.raises(error, match=r"`num_steps` must be an integer in \[1, 20\]"):
         diffusion.ddim_sample_loop(_eps_model_tf, [1, 2, 2, 1], num_steps=num_steps)
+
+
+@pytest.mark.parametrize("T_", [50, 1000])
+@pytest.mark.parametrize("spacing", schedules.SPACINGS)
+def test_in_graph_spacing_equals_numpy_for_every_step_count(T_, spacing):
+    # The SavedModel takes num_steps as a tensor: the graph computes the same timesteps.
+    # All (index, count) pairs at once: the ops are elementwise.
+    counts = np.arange(1, T_ + 1)
+    n = np.repeat(counts, counts)
+    i = np.concatenate([np.arange(c) for c in counts])
+    got = tf.function(lambda i, n: steps.timestep_at(i, n, T_, spacing))(i, n).numpy()
+    expected = np.concatenate([schedules.space_timesteps(T_, int(c), spacing) for c in counts])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_ddpm_last_step_returns_the_posterior_mean_without_noise():
+    # An x0-predicting model outputting c: at the last step (abar_prev = 1) the posterior mean is
+    # exactly c whatever x_1, so any noise added there would show.
+    diffusion = GaussianDiffusion(schedules.get_beta_schedule("cosine", T), "x0")
+    c = np.random.default_rng(3).uniform(-0.9, 0.9, (4, 3, 3, 2)).astype(np.float32)
+    model_fn = lambda x, t: tf.constant(c)  # noqa: E731
+    for seed in (0, 1):
+        got = diffusion.p_sample_loop(model_fn, c.shape, seed=seed).numpy()
+        np.testing.assert_allclose(got, c, atol=1e-6)
+
+
+@pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large", "learned_range"])
+@pytest.mark.parametrize("spacing", schedules.SPACINGS)
+def test_ddpm_with_fewer_steps_equals_ddpm_over_the_respaced_process(var_type, spacing):
+    # In-graph float64 respacing (any step count, one graph) against the numpy respaced process,
+    # whose marginals are tested against the papers in test_diffusion.py; same seed, same noise.
+    loss = "hybrid" if var_type == "learned_range" else "mse"
+    diffusion = GaussianDiffusion(schedules.get_beta_schedule("linear", 100), "epsilon", var_type, loss)
+
+    def model_fn(x, t):
+        eps = 0.3 * x + 0.001 * tf.cast(tf.reshape(t, [-1, 1, 1, 1]), tf.float32)
+        return tf.concat([eps, tf.tanh(x)], -1) if var_type == "learned_range" else eps
+
+    shape = [2, 3, 3, 1]
+    reference = diffusion.respace(7, spacing).p_sample_loop(model_fn, shape, seed=4)
+    sampler = samplers.get_sampler("ddpm")(diffusion, spacing=spacing)
+    # p_sample_loop draws x_T from fold_in(seed, -1); give the sampler the same x_T.
+    x_T = tfd_random.random_normal(shape, tfd_random.fold_in(tfd_random.seed_pair(4), -1))
+    got = sampler.sample(model_fn, x_T, 7, seed=4)
+    np.testing.assert_allclose(got, reference, atol=1e-4)
+    # A tensor step count gives the same samples as the Python int.
+    got_tensor = tf.function(lambda n: sampler.sample(model_fn, x_T, n, seed=4))(tf.constant(7))
+    np.testing.assert_allclose(got_tensor, got, atol=1e-6)
+
+
+def test_registry_lists_samplers_and_refuses_unknown_names_and_options():
+    assert samplers.sampler_names()[:2] == ("ddpm", "ddim")
+    diffusion = GaussianDiffusion(schedules.get_beta_schedule("cosine", T))
+    with pytest.raises(ValueError, match="`sampler` must be one of"):
+        samplers.get_sampler("euler-maruyama")
+    with pytest.raises(ValueError, match="'ddpm' takes no options. Received: eta=0.5"):
+        samplers.get_sampler("ddpm")(diffusion).sample(_eps_model_tf, tf.zeros([1, 2, 2, 1]), 2, eta=0.5)
+    ddim = samplers.get_sampler("ddim")(diffusion)
+    for eta, error in ((-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                       ("0", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="eta"):
+            ddim.sample(_eps_model_tf, tf.zeros([1, 2, 2, 1]), 2, eta=eta)
+    with pytest.raises(ValueError, match="spacing"):
+        samplers.get_sampler("ddim")(diffusion, spacing="karras")
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_sampler_runs_at_batch_one_and_odd_batches_under_xla(name, batch):
+    diffusion = GaussianDiffusion(schedules.get_beta_schedule("cosine", T))
+    sampler = samplers.get_sampler(name)(diffusion)
+    fn = tf.function(lambda noise: sampler.sample(_eps_model_tf, noise, 4, seed=0), jit_compile=True)
+    out = fn(tf.random.stateless_normal([batch, 2, 2, 1], [1, 2]))
+    assert out.shape == (batch, 2, 2, 1) and np.all(np.isfinite(out))

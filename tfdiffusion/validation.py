@@ -11,14 +11,17 @@ import numbers
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 __all__ = [
     "check_bool",
     "check_choice",
+    "check_images",
     "check_int",
     "check_int_tuple",
     "check_number",
     "check_optional_int",
+    "check_timesteps",
     "is_int",
 ]
 
@@ -122,3 +125,82 @@ def check_int_tuple(name: str, values: Any, minimum: int = 1, allow_empty: bool 
         raise ValueError(f"`{name}` must be {what} sequence of integers >= {minimum}. "
                          f"Received: {name}={values!r}")
     return tuple(int(v) for v in items)
+
+
+# ------------------------------------------------------------------ tensors
+def _static_values(tensor):
+    """numpy values of an eager tensor (or array), None inside a graph."""
+    if isinstance(tensor, np.ndarray):
+        return tensor
+    if tf.executing_eagerly() and hasattr(tensor, "numpy"):
+        return tensor.numpy()
+    return None
+
+
+def check_timesteps(t: Any, num_timesteps: int, batch: Optional[int] = None, name: str = "t",
+                    validate: bool = True) -> tf.Tensor:
+    """Checks timesteps: an integer vector `[B]` in [0, T); returns it as int32.
+
+    The dtype is checked before any cast (floats and bools are refused); the
+    range is checked at once for concrete values and, with `validate`, by
+    in-graph asserts inside a `tf.function` (XLA drops those: a compiled
+    caller checks its inputs before the compiled part).
+
+    Raises:
+        TypeError: not integers.
+        ValueError: not a vector, a batch other than `batch`, or out of range.
+    """
+    if isinstance(t, (list, tuple)) and any(not is_int(v) for v in t):
+        raise TypeError(f"`{name}` must be integer timesteps in [0, {num_timesteps}). Received: {name}={t!r}")
+    t = tf.convert_to_tensor(t)
+    if not t.dtype.is_integer:
+        raise TypeError(f"`{name}` must be integer timesteps in [0, {num_timesteps}). "
+                        f"Received dtype {t.dtype.name}")
+    if t.shape.rank is not None and t.shape.rank != 1:
+        raise ValueError(f"`{name}` must be a vector of timesteps, shape [B]. Received shape {t.shape}")
+    if batch is not None and t.shape[0] is not None and t.shape[0] != batch:
+        raise ValueError(f"`{name}` must have one timestep per example ({batch}). Received shape {t.shape}")
+    values = _static_values(t)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= num_timesteps):
+        raise ValueError(f"`{name}` must be in [0, {num_timesteps}) (T = {num_timesteps}). Received values "
+                         f"from {values.min()} to {values.max()}")
+    t = tf.cast(t, tf.int32)
+    if values is None and validate:
+        with tf.control_dependencies([tf.debugging.Assert(
+                tf.reduce_all((t >= 0) & (t < num_timesteps)),
+                [f"`{name}` must be in [0, {num_timesteps}). Received min, max:",
+                 tf.reduce_min(t), tf.reduce_max(t)])]):
+            t = tf.identity(t)
+    return t
+
+
+def check_images(x: Any, name: str = "x_start", validate: bool = True, limit: float = 1.0) -> tf.Tensor:
+    """Checks float images (NaN-free, inside [-limit, limit]); returns them as float32.
+
+    Integer images (uint8 [0, 255]) are refused with a hint, before any cast.
+    With `validate` the values are checked: at once for concrete values, by
+    in-graph asserts inside a `tf.function`.
+    """
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise TypeError(f"`{name}` must be float images in [-{limit:g}, {limit:g}]. Received dtype "
+                        f"{x.dtype.name}; scale uint8 images with x / 127.5 - 1")
+    if not validate:
+        return tf.cast(x, tf.float32)
+    values = _static_values(x)
+    if values is not None:
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"`{name}` holds NaN or infinite values ({int(np.sum(~np.isfinite(values)))} of "
+                             f"{values.size})")
+        if values.size and np.abs(values).max() > limit * (1 + 1e-5):
+            raise ValueError(f"`{name}` must lie in [-{limit:g}, {limit:g}]. Received values from "
+                             f"{values.min():g} to {values.max():g}; scale [0, 255] images with "
+                             "x / 127.5 - 1")
+        return tf.cast(x, tf.float32)
+    x = tf.cast(x, tf.float32)
+    largest = tf.reduce_max(tf.abs(x))
+    with tf.control_dependencies([tf.debugging.Assert(
+            largest <= limit * (1 + 1e-5),  # False for NaN too
+            [f"`{name}` must be finite and lie in [-{limit:g}, {limit:g}]. Received max |{name}|:",
+             largest])]):
+        return tf.identity(x)
