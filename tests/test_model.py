@@ -131,18 +131,27 @@ def test_evaluate_reports_bits_per_dim(trained):
     assert "bpd" not in model.evaluate(_data(seed=3), verbose=0, return_dict=True)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_images=0), "num_images"),
-    (dict(num_steps=0), "between 1 and 20"),
-    (dict(num_steps=21), "between 1 and 20"),
-    (dict(sampler="euler"), "sampler"),
-    (dict(labels=[0, 1]), "4 integers"),
-    (dict(labels=[0, 1, 2, 3]), r"in \[0, 3\)"),
-    (dict(labels=[0, 1, 2, -1]), r"in \[0, 3\)"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(num_images=0), ValueError, "num_images"),
+    (dict(num_images=2.0), TypeError, "num_images"),
+    (dict(num_steps=0), ValueError, r"`num_steps` must be an integer in \[1, 20\]"),
+    (dict(num_steps=21), ValueError, r"`num_steps` must be an integer in \[1, 20\]"),
+    (dict(sampler="euler-maruyama"), ValueError, "sampler"),
+    (dict(labels=[0, 1]), ValueError, "4 integers"),
+    (dict(labels=[0, 1, 2, 3]), ValueError, r"in \[0, 3\)"),
+    (dict(labels=[0, 1, 2, -1]), ValueError, r"in \[0, 3\)"),
+    (dict(labels=[0.5, 1.7, 0.0, 1.0]), TypeError, "labels"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed=True), TypeError, "seed"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale"),
+    (dict(guidance_scale=float("inf")), ValueError, "guidance_scale"),
+    (dict(eta=float("nan")), ValueError, "eta"),
+    (dict(eta=-1.0), ValueError, "eta"),
+    (dict(sampler="ddpm", eta=0.5), ValueError, "'ddpm' takes no options"),
 ])
-def test_generate_bad_arguments(trained, kwargs, match):
+def test_generate_bad_arguments(trained, kwargs, error, match):
     kwargs = {"num_images": 4, "num_steps": 3, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         trained["model"].generate(**kwargs)
 
 
@@ -160,8 +169,10 @@ def test_unconditional_model_rejects_labels_and_guidance():
     (np.zeros([4, 8, 8, 1]), [0, 0, 0, 0], ValueError, r"shape \[B, 8, 8, 3\]"),
     (np.zeros([4, 8, 8]), [0, 0, 0, 0], ValueError, r"shape \[B, 8, 8, 3\]"),
     (np.zeros([4, 8, 8, 3], np.uint8), [0, 0, 0, 0], TypeError, "float images"),
-    (np.full([4, 8, 8, 3], 3.0), [0, 0, 0, 0], tf.errors.InvalidArgumentError, r"\[-1, 1\]"),
-    (np.zeros([4, 8, 8, 3]), [0, 1, 2, 3], tf.errors.InvalidArgumentError, "num_classes=3"),
+    (np.full([4, 8, 8, 3], 3.0), [0, 0, 0, 0], ValueError, r"\[-1, 1\]"),
+    (np.full([4, 8, 8, 3], np.nan), [0, 0, 0, 0], ValueError, "NaN"),
+    (np.zeros([4, 8, 8, 3]), [0, 1, 2, 3], ValueError, r"labels.*\[0, 3\)"),
+    (np.zeros([4, 8, 8, 3]), [0.5, 1.7, 0.0, 1.0], TypeError, "integers"),
     (np.zeros([4, 8, 8, 3]), None, ValueError, "yields no labels"),
 ])
 def test_fit_rejects_bad_batches(images, labels, error, match):
@@ -169,7 +180,8 @@ def test_fit_rejects_bad_batches(images, labels, error, match):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)  # the same checks, no tracing
     before = _weights(model.network)
     images = images if images.dtype == np.uint8 else images.astype(np.float32)
-    data = images if labels is None else (images, np.array(labels, np.int32))
+    labels = None if labels is None else np.array(labels)
+    data = images if labels is None else (images, labels if labels.dtype.kind == "f" else labels.astype(np.int32))
     with pytest.raises(error, match=match):
         model.fit(tf.data.Dataset.from_tensors(data), verbose=0)
     for w, b in zip(model.network.weights, before):  # nothing was trained
@@ -218,27 +230,159 @@ def test_fit_with_xla_and_importance_sampled_kl_loss():
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     history = model.fit(_data(num=16).repeat(3), verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    counts = model.sampler.loss_counts.numpy()
-    assert counts.sum() >= 6 and np.isfinite(model.sampler.loss_history.numpy()).all()
-    assert np.abs(model.sampler.loss_history.numpy()).sum() > 0
+    counts = model.timestep_sampler.loss_counts.numpy()
+    assert counts.sum() >= 6 and np.isfinite(model.timestep_sampler.loss_history.numpy()).all()
+    assert np.abs(model.timestep_sampler.loss_history.numpy()).sum() > 0
 
 
-def test_fit_under_mirrored_strategy():
+def test_two_replicas_train_exactly_like_one_device():
+    # One SGD step on a global batch of 4: 2 replicas x 2 examples against 1 device x 4. Noise,
+    # timesteps and label dropout come from each example's global index, and the loss is averaged
+    # over the global batch, so the weights (and EMA) agree; dividing by the per-replica batch
+    # would double the update.
+    keras.utils.set_random_seed(0)
+    single = _model(label_dropout=0.5)
+    perturb_weights(single.network, scale=0.05)
+    initial = single.network.get_weights()
+    single.ema_network.set_weights(initial)
+    single.compile(optimizer=keras.optimizers.SGD(0.1))
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        model = _model()
-    before = _weights(model.network)
-    model.fit(_data(num=8, batch=4), verbose=0)  # two global batches of 4: 2 per replica
-    assert int(model.optimizer.iterations.numpy()) == 2
-    for w, w0, ema in zip(model.network.weights, before, model.ema_network.weights):
-        assert np.all(np.isfinite(w.numpy()))
-        # The EMA moved off the initial value wherever the trained weights did.
-        if not np.array_equal(w.numpy(), w0):
-            assert not np.array_equal(ema.numpy(), w0)
-        for replica_value in ema.value.values:  # every replica holds the same average
-            np.testing.assert_array_equal(replica_value.numpy(), ema.numpy())
-    for variable in model.network.trainable_variables:
+        mirrored = _model(label_dropout=0.5)
+        mirrored.network.set_weights(initial)
+        mirrored.ema_network.set_weights(initial)
+        mirrored.compile(optimizer=keras.optimizers.SGD(0.1))
+    single.fit(_data(num=4, batch=4), verbose=0)
+    mirrored.fit(_data(num=4, batch=4), verbose=0)
+    assert int(mirrored.optimizer.iterations.numpy()) == 1
+    moved = 0
+    for a, b, w0 in zip(single.network.weights, mirrored.network.weights, initial):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6)
+        moved += int(not np.allclose(a.numpy(), w0))
+    assert moved > 10
+    for a, b in zip(single.ema_network.weights, mirrored.ema_network.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6)
+        for replica_value in b.value.values:  # every replica holds the same average
+            np.testing.assert_array_equal(replica_value.numpy(), b.numpy())
+    for variable in mirrored.network.trainable_variables:
         replicas = variable.value.values
         np.testing.assert_array_equal(replicas[0].numpy(), replicas[1].numpy())
-    assert model.generate(2, num_steps=2, seed=0).shape == (2, 8, 8, 3)
+    assert mirrored.generate(2, num_steps=2, seed=0).shape == (2, 8, 8, 3)
+
+
+# ----------------------------------------------------- fixed bugs (issue 7)
+def _sgd_step_update(policy, initial_scale=2.0 ** 10):
+    """The weight change of one SGD step from fixed weights, data and seed under `policy`."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = _model()
+        perturb_weights(model.network, scale=0.05)
+        optimizer = keras.optimizers.SGD(0.1)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
+        model.compile(optimizer=optimizer)
+        before = [w.numpy().astype(np.float64) for w in model.network.trainable_weights]
+        model.fit(_data(batch=4).take(1), verbose=0)
+        after = [w.numpy().astype(np.float64) for w in model.network.trainable_weights]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, before)))
+
+
+def test_mixed_float16_step_moves_weights_as_far_as_float32():
+    # Bug: the loss was never scaled, so the LossScaleOptimizer divided true gradients by its
+    # scale (2^10 here): the update came out ~1000x too small.
+    full, mixed = _sgd_step_update("float32"), _sgd_step_update("mixed_float16")
+    assert full > 0
+    # float16 activations: a few percent of difference, not orders of magnitude.
+    assert mixed == pytest.approx(full, rel=0.05)
+
+
+def test_set_evaluation_seed_takes_effect_after_the_first_evaluate(trained):
+    model = trained["model"]
+    seed_before = model.seed
+
+    def loss_with(seed):
+        model.set_evaluation_seed(seed)
+        return model.evaluate(_data(seed=3), verbose=0, return_dict=True)["loss"]
+
+    first, other, again = loss_with(0), loss_with(1), loss_with(0)
+    assert first == again and first != other
+    assert model.seed == seed_before and model.get_config()["seed"] == seed_before  # training seed kept
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_generate_one_image_and_batches_that_do_not_divide(trained, sampler):
+    model = trained["model"]
+    for jit in (False, True):
+        one = model.generate(1, sampler=sampler, num_steps=2, seed=3, jit_compile=jit)
+        assert one.shape == (1, 8, 8, 3) and one.dtype == np.uint8
+    five = model.generate(5, sampler=sampler, num_steps=2, seed=3, batch_size=2, jit_compile=False)
+    assert five.shape == (5, 8, 8, 3)
+    # Each batch's noise comes from the seed and the batch's first index: the first batch of 2
+    # is generate(2), the last (one image) is as reproducible as the rest.
+    np.testing.assert_array_equal(five[:2], model.generate(2, sampler=sampler, num_steps=2, seed=3,
+                                                           jit_compile=False))
+    np.testing.assert_array_equal(five, model.generate(5, sampler=sampler, num_steps=2, seed=3, batch_size=2,
+                                                       jit_compile=False))
+
+
+def test_summary_works_fresh_and_loaded(trained, tmp_path, capsys):
+    model = trained["model"]
+    model.summary()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    keras.models.load_model(path).summary()
+    text = capsys.readouterr().out
+    assert text.count("u_net (UNet)") == 2 and text.count("u_net_ema (UNet)") == 2
+    assert text.count("Total params") == 2
+
+
+@keras.saving.register_keras_serializable(package="tfdiffusion_tests")
+class NullLabelCounter(keras.Model):
+    """A tiny conditional network that counts the null labels it is trained on."""
+
+    image_size, in_channels, num_classes, null_label = 8, 3, NUM_CLASSES, NUM_CLASSES
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(3, 3, padding="same")
+        self.embed = keras.layers.Embedding(NUM_CLASSES + 1, 3)
+        self.null_seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="null_seen")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.embed.build((None,))
+
+    def call(self, x, t, y=None, training=None):
+        if training:
+            self.null_seen.assign_add(tf.reduce_sum(tf.cast(tf.equal(y, self.null_label), tf.float32)))
+        return self.conv(x) + self.embed(y)[:, None, None, :]
+
+
+def test_fit_applies_label_dropout():
+    # 64 labels at dropout 0.5: 32 null labels expected (binomial std 4); a fit that skipped
+    # the dropout would show none.
+    diffusion = tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("cosine", T))
+    model = tfdiff.DiffusionModel(NullLabelCounter(), diffusion, label_dropout=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    model.fit(_data(num=64, batch=64), verbose=0)
+    assert 16 <= float(model.network.null_seen.numpy()) <= 48
+
+
+def test_conditional_network_without_null_label_needs_no_dropout():
+    class NoNull(NullLabelCounter):
+        null_label = None
+
+    diffusion = tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("cosine", T))
+    with pytest.raises(ValueError, match="no `null_label` attribute.*label_dropout=0.0"):
+        tfdiff.DiffusionModel(NoNull(), diffusion)
+    tfdiff.DiffusionModel(NoNull(), diffusion, label_dropout=0.0)  # fine without guidance
+
+
+def test_guidance_without_trained_null_label_warns():
+    model = _model(label_dropout=0.0)
+    with pytest.warns(UserWarning, match="label_dropout=0"):
+        model.generate(2, num_steps=1, guidance_scale=2.0, jit_compile=False)

@@ -1,42 +1,21 @@
-"""Writing generated images to disk: PNG grids and .npz arrays, each written atomically."""
+"""Image conversion and writing: [-1, 1] floats to uint8, PNG grids (also enlarged) and .npz arrays, atomically."""
 
-import contextlib
 import math
-import os
-import tempfile
+from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
-__all__ = ["atomic_output", "make_grid", "save_grid", "save_npz"]
+from tfdiffusion import files
+from tfdiffusion import validation
+
+__all__ = ["enlarge", "make_grid", "save_grid", "save_npz", "to_uint8"]
 
 
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yields a temporary path beside `path`; renames it to `path` on success.
-
-    The temporary file lives in the same directory (so `os.replace` is an
-    atomic rename) and keeps `path`'s extension (Keras insists on `.keras`).
-    If the body raises, the temporary file is removed and `path` is left as
-    it was: no reader ever sees a half-written file.
-
-    Args:
-        path: the final file path.
-
-    Yields:
-        The temporary path to write to.
-    """
-    directory, name = os.path.split(os.path.abspath(path))
-    _, extension = os.path.splitext(name)
-    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{extension}", dir=directory)
-    os.close(handle)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+def to_uint8(images: Any) -> tf.Tensor:
+    """Maps images in [-1, 1] to uint8 [0, 255] (round to nearest, clipped)."""
+    return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
 
 
 def _check_images(images):
@@ -50,50 +29,48 @@ def _check_images(images):
     return images
 
 
-def make_grid(images, nrow=None, padding=1, pad_value=0):
-    """Tiles images into one image, `nrow` per row, left to right, top to bottom.
+def make_grid(images: Any, columns: Optional[int] = None, padding: int = 1, pad_value: int = 0) -> np.ndarray:
+    """Tiles images into one image, `columns` per row, left to right, top to bottom.
 
     Args:
         images: uint8 `[N, H, W, C]`, C = 1 (grayscale) or 3 (RGB).
-        nrow: images per row (columns); None for ceil(sqrt(N)).
+        columns: images per row; None for ceil(sqrt(N)).
         padding: pixels of `pad_value` around and between images.
         pad_value: uint8 value of the padding.
 
     Returns:
-        uint8 `[rows * (H + padding) + padding, nrow * (W + padding) + padding, C]`
-        with `rows = ceil(N / nrow)`; cells past the last image are padding.
+        uint8 `[rows * (H + padding) + padding, columns * (W + padding) + padding, C]`
+        with `rows = ceil(N / columns)`; cells past the last image are padding.
     """
     images = _check_images(images)
     n, height, width, channels = images.shape
-    nrow = math.ceil(math.sqrt(n)) if nrow is None else int(nrow)
-    if nrow < 1:
-        raise ValueError(f"`nrow` must be a positive integer. Received: nrow={nrow}")
-    rows = math.ceil(n / nrow)
-    grid = np.full((rows * (height + padding) + padding, nrow * (width + padding) + padding, channels),
+    columns = math.ceil(math.sqrt(n)) if columns is None else validation.check_int("columns", columns)
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
                    pad_value, dtype=np.uint8)
     for i, image in enumerate(images):
-        top = padding + (i // nrow) * (height + padding)
-        left = padding + (i % nrow) * (width + padding)
+        top = padding + (i // columns) * (height + padding)
+        left = padding + (i % columns) * (width + padding)
         grid[top:top + height, left:left + width] = image
     return grid
 
 
-def save_grid(images, path, nrow=None, padding=1):
-    """Writes `make_grid(images, nrow, padding)` to `path` as a PNG, atomically.
+def save_grid(images: Any, path: str, columns: Optional[int] = None, padding: int = 1) -> None:
+    """Writes `make_grid(images, columns, padding)` to `path` as a PNG, atomically.
 
     Args:
         images: uint8 `[N, H, W, C]`, C = 1 (saved as 8-bit grayscale) or 3 (RGB).
         path: the .png file to write.
-        nrow: images per row; None for ceil(sqrt(N)).
+        columns: images per row; None for ceil(sqrt(N)).
         padding: pixels of black around and between images.
     """
-    grid = make_grid(images, nrow=nrow, padding=padding)
+    grid = make_grid(images, columns=columns, padding=padding)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    with atomic_output(path) as tmp:
+    with files.atomic_output(path) as tmp:
         picture.save(tmp, format="PNG")
 
 
-def save_npz(path, images, labels=None):
+def save_npz(path: str, images: Any, labels: Any = None) -> None:
     """Writes images (and labels) to an uncompressed .npz file, atomically.
 
     Args:
@@ -104,6 +81,24 @@ def save_npz(path, images, labels=None):
     arrays = {"images": _check_images(images)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int32)
-    with atomic_output(path) as tmp:
+    with files.atomic_output(path) as tmp:
         with open(tmp, "wb") as file:
             np.savez(file, **arrays)
+
+
+def enlarge(images: Any, min_size: int = 64) -> np.ndarray:
+    """Scales small images up by an integer factor (nearest neighbour) so the smaller side is >= `min_size`.
+
+    A 16x16 sample becomes 64x64 with every pixel a 4x4 block: visible in an
+    image viewer without zooming, and still exactly the sampled pixels.
+
+    Args:
+        images: uint8 `[N, H, W, C]`.
+        min_size: the smallest side wanted, in pixels.
+
+    Returns:
+        uint8 `[N, k H, k W, C]` with k = ceil(min_size / min(H, W)) (k >= 1).
+    """
+    images = _check_images(images)
+    factor = max(1, math.ceil(min_size / min(images.shape[1:3])))
+    return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)

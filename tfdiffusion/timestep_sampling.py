@@ -3,7 +3,8 @@
 import keras
 import tensorflow as tf
 
-from tfdiffusion import samplers
+from tfdiffusion import random as tfd_random
+from tfdiffusion import validation
 
 __all__ = ["TIMESTEP_SAMPLERS", "UniformTimesteps", "LossSecondMomentTimesteps", "create"]
 
@@ -13,9 +14,11 @@ TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 class UniformTimesteps(keras.layers.Layer):
     """t ~ Uniform{0, ..., T-1}, every example weighted 1."""
 
+    kind = "uniform"
+
     def __init__(self, num_timesteps, **kwargs):
         super().__init__(**kwargs)
-        self.num_timesteps = int(num_timesteps)
+        self.num_timesteps = validation.check_int("num_timesteps", num_timesteps)
         self.built = True  # its state (if any) is created in __init__
 
     def probabilities(self):
@@ -36,10 +39,13 @@ class UniformTimesteps(keras.layers.Layer):
         """
         # Inverse-CDF sampling (XLA has no stateless multinomial with int64 seeds).
         cdf = tf.math.cumsum(self.probabilities())
-        u = samplers.random_uniform([batch_size], seed) * cdf[-1]
+        u = tfd_random.random_uniform([batch_size], seed) * cdf[-1]
         t = tf.minimum(tf.searchsorted(cdf, u, side="right", out_type=tf.int32), self.num_timesteps - 1)
-        weights = 1.0 / (self.num_timesteps * tf.gather(self.probabilities(), t))
-        return t, weights
+        return t, self.importance_weights(t)
+
+    def importance_weights(self, t):
+        """float32 `[B]` importance weights 1 / (T p(t)) of timesteps `t` `[B]`."""
+        return 1.0 / (self.num_timesteps * tf.gather(self.probabilities(), t))
 
     def update(self, t, losses):
         """Records per-example losses `[B]` at timesteps `t` `[B]` (no-op here)."""
@@ -57,6 +63,8 @@ class LossSecondMomentTimesteps(UniformTimesteps):
     References:
         Nichol & Dhariwal 2021, Sec. 3.3 (Eq. 18), Improved DDPM.
     """
+
+    kind = "loss-second-moment"
 
     def __init__(self, num_timesteps, history=10, uniform_prob=0.001, **kwargs):
         super().__init__(num_timesteps, **kwargs)
@@ -86,8 +94,6 @@ class LossSecondMomentTimesteps(UniformTimesteps):
 
 def create(name, num_timesteps):
     """Builds the timestep sampler called `name` (one of `TIMESTEP_SAMPLERS`)."""
-    if name == "uniform":
-        return UniformTimesteps(num_timesteps, name="timestep_sampler")
-    if name == "loss-second-moment":
-        return LossSecondMomentTimesteps(num_timesteps, name="timestep_sampler")
-    raise ValueError(f"`timestep_sampler` must be one of {TIMESTEP_SAMPLERS}. Received: {name!r}")
+    validation.check_choice("timestep_sampler", name, TIMESTEP_SAMPLERS)
+    cls = UniformTimesteps if name == "uniform" else LossSecondMomentTimesteps
+    return cls(num_timesteps, name="timestep_sampler")

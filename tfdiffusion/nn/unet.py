@@ -421,8 +421,9 @@ class UNet(keras.Model):
             )
         return y
 
-    def compute_output_shape(self, x_shape, t_shape=None, y_shape=None):
-        return tuple(x_shape[:-1]) + (self.out_channels,)
+    def compute_output_shape(self, input_shape, t_shape=None, y_shape=None):
+        # `input_shape`: the name Keras' `summary()` passes the build shape under.
+        return tuple(input_shape[:-1]) + (self.out_channels,)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,109 @@
+"""Image generation as one traced function per sampler: `DiffusionModel.generate` and the SavedModel share it.
+
+Step count, guidance scale and the sampler's options (e.g. DDIM's eta) are
+tensor inputs, so one graph (and one XLA compilation per batch size) serves
+every request; the same function becomes the exported `generate` signature,
+so an exported model returns exactly the images `generate` returns.
+"""
+
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from tfdiffusion import images
+from tfdiffusion import random as tfd_random
+from tfdiffusion import samplers
+
+__all__ = ["ImageSampler", "initial_noise"]
+
+# Seed offsets: x_T of a batch starting at image `start` comes from fold_in(fold_in(seed, start), -2).
+_NOISE_STREAM = -2
+
+
+def initial_noise(seed: tf.Tensor, start: Any, shape: Sequence) -> Tuple[tf.Tensor, tf.Tensor]:
+    """x_T for the batch of images starting at `start`, and the batch's own seed.
+
+    Returns:
+        `(noise float32 shape, batch_seed [2] int64)`: the same seed and start
+        give the same noise whatever the batch size around them.
+    """
+    batch_seed = tfd_random.fold_in(seed, start)
+    return tfd_random.random_normal(shape, tfd_random.fold_in(batch_seed, _NOISE_STREAM)), batch_seed
+
+
+class ImageSampler:
+    """Draws uint8 images with one sampler family from a network and its diffusion.
+
+    Args:
+        network: the denoising network, called `network(x_t, t, y=labels,
+            training=False)` (labels only when `num_classes` is set).
+        diffusion: its `GaussianDiffusion`.
+        image_shape: `(H, W, C)`.
+        sampler: a registered sampler name (`samplers.sampler_names()`).
+        num_classes: classes of a conditional network, or None.
+        null_label: the network's "no class" label (for guidance), or None.
+        spacing: timestep spacing of the sampler.
+        clip_denoised: clip predicted x_0 to [-1, 1] at each step.
+        jit_compile: compile the sampling loop with XLA.
+    """
+
+    def __init__(self, network: Callable, diffusion, image_shape: Sequence[int], sampler: str,
+                 num_classes: Optional[int] = None, null_label: Optional[int] = None,
+                 spacing: str = "leading", clip_denoised: bool = True, jit_compile: bool = False):
+        self.network = network
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.num_classes = num_classes
+        self.null_label = null_label
+        self.sampler = samplers.get_sampler(sampler)(diffusion, spacing=spacing, clip_denoised=clip_denoised)
+        self.jit_compile = bool(jit_compile)
+        self.function = tf.function(self._sample, jit_compile=self.jit_compile, autograph=False,
+                                    input_signature=self.input_signature())
+
+    @property
+    def option_names(self) -> Tuple[str, ...]:
+        """The sampler's run-time options, in input order (e.g. `("eta",)`)."""
+        return tuple(sorted(self.sampler.options))
+
+    def input_signature(self) -> Tuple[tf.TensorSpec, ...]:
+        """noise, seed, labels (conditional only), num_steps, guidance_scale (conditional), options."""
+        specs = [tf.TensorSpec((None,) + self.image_shape, tf.float32, name="noise"),
+                 tf.TensorSpec([2], tf.int64, name="seed")]
+        if self.num_classes is not None:
+            specs += [tf.TensorSpec([None], tf.int32, name="labels")]
+        specs += [tf.TensorSpec([], tf.int32, name="num_steps")]
+        if self.num_classes is not None:
+            specs += [tf.TensorSpec([], tf.float32, name="guidance_scale")]
+        specs += [tf.TensorSpec([], tf.float32, name=name) for name in self.option_names]
+        return tuple(specs)
+
+    def _model_fn(self, guidance_scale):
+        def model_fn(x_t, t, **kwargs):
+            return self.network(x_t, t, training=False, **kwargs)
+
+        if self.num_classes is None:
+            return model_fn
+        return samplers.classifier_free_guidance(model_fn, guidance_scale, self.null_label, self.image_shape[-1])
+
+    def _sample(self, noise, seed, *args):
+        args = list(args)
+        labels = args.pop(0) if self.num_classes is not None else None
+        num_steps = args.pop(0)
+        guidance_scale = args.pop(0) if self.num_classes is not None else None
+        options = dict(zip(self.option_names, args))
+        model_kwargs = {} if labels is None else {"y": labels}
+        x_0 = self.sampler.sample(self._model_fn(guidance_scale), noise, num_steps, seed, model_kwargs,
+                                  **options)
+        return images.to_uint8(x_0)
+
+    def __call__(self, noise: tf.Tensor, seed: tf.Tensor, num_steps: int, labels: Any = None,
+                 guidance_scale: float = 1.0, options: Optional[Dict[str, float]] = None) -> tf.Tensor:
+        """uint8 images `[N, H, W, C]` from x_T `noise` `[N, H, W, C]` (arguments already checked)."""
+        args = [tf.convert_to_tensor(noise, tf.float32), seed]
+        if self.num_classes is not None:
+            args.append(tf.convert_to_tensor(labels, tf.int32))
+        args.append(tf.constant(num_steps, tf.int32))
+        if self.num_classes is not None:
+            args.append(tf.constant(guidance_scale, tf.float32))
+        options = self.sampler.check_options(options or {})
+        args += [tf.constant(options[name], tf.float32) for name in self.option_names]
+        return self.function(*args)
