@@ -45,10 +45,10 @@ def test_shapes_batches_are_model_ready():
     assert loaded.num_classes == len(shapes.CLASS_NAMES)
     assert loaded.class_names == shapes.CLASS_NAMES
     assert loaded.num_examples == 64
-    spec = loaded.dataset.element_spec
+    spec = loaded.batches.element_spec
     assert spec[0].shape.as_list() == [16, 16, 16, 3] and spec[0].dtype == tf.float32
     assert spec[1].shape.as_list() == [16] and spec[1].dtype == tf.int32
-    images, labels = _collect(loaded.dataset)
+    images, labels = _collect(loaded.batches)
     images, labels = np.concatenate(images), np.concatenate(labels)
     _assert_on_8bit_grid(images)
     # One pass holds exactly the split: the same images and labels as the
@@ -61,7 +61,7 @@ def test_shapes_batches_are_model_ready():
 
 def test_shapes_unshuffled_pairs_each_image_with_its_label():
     loaded = data.load_shapes("test", image_size=8, batch_size=10, num_images=30, shuffle=False)
-    images, labels = _collect(loaded.dataset)
+    images, labels = _collect(loaded.batches)
     expected_images, expected_labels = shapes.make_shapes(30, 8, seed=1)
     np.testing.assert_array_equal(_to_uint8(np.concatenate(images)), expected_images)
     np.testing.assert_array_equal(np.concatenate(labels), expected_labels)
@@ -70,8 +70,8 @@ def test_shapes_unshuffled_pairs_each_image_with_its_label():
 def test_shapes_train_and_test_are_disjoint():
     train = data.load_shapes("train", image_size=8, batch_size=500, num_images=2000)
     test = data.load_shapes("test", image_size=8, batch_size=500, num_images=500)
-    train_images = np.concatenate(_collect(train.dataset)[0])
-    test_images = np.concatenate(_collect(test.dataset)[0])
+    train_images = np.concatenate(_collect(train.batches)[0])
+    test_images = np.concatenate(_collect(test.batches)[0])
     train_keys = {image.tobytes() for image in train_images}
     assert not any(image.tobytes() in train_keys for image in test_images)
 
@@ -79,7 +79,7 @@ def test_shapes_train_and_test_are_disjoint():
 def test_shapes_shuffle_seed_sets_the_order():
     def labels(seed):
         loaded = data.load_shapes("test", image_size=8, batch_size=40, num_images=40, seed=seed)
-        return np.concatenate(_collect(loaded.dataset)[1])
+        return np.concatenate(_collect(loaded.batches)[1])
 
     np.testing.assert_array_equal(labels(1), labels(1))
     assert not np.array_equal(labels(1), labels(2))
@@ -90,7 +90,7 @@ def test_shapes_drop_remainder(drop_remainder, sizes):
     loaded = data.load_shapes(
         image_size=8, batch_size=32, num_images=100, drop_remainder=drop_remainder
     )
-    images, _ = _collect(loaded.dataset)
+    images, _ = _collect(loaded.batches)
     assert [len(batch) for batch in images] == sizes
 
 
@@ -99,7 +99,7 @@ def test_shapes_without_labels_and_repeated():
         image_size=8, batch_size=8, num_images=16, with_labels=False, repeat=True
     )
     assert loaded.num_classes is None and loaded.class_names is None
-    batches = list(loaded.dataset.take(5))  # more than the 2 batches of one pass
+    batches = list(loaded.batches.take(5))  # more than the 2 batches of one pass
     assert len(batches) == 5
     assert all(isinstance(b, tf.Tensor) and b.shape == (8, 8, 8, 3) for b in batches)
 
@@ -118,7 +118,7 @@ def test_shapes_dataset_feeds_keras_fit():
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     # shuffle=False: the pipeline shuffles; Keras warns otherwise.
-    history = model.fit(loaded.dataset, epochs=3, verbose=0, shuffle=False)
+    history = model.fit(loaded.batches, epochs=3, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
@@ -127,7 +127,7 @@ def test_shapes_dataset_feeds_keras_fit():
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        ({"batch_size": 0}, "`batch_size` must be a positive integer. Received: batch_size=0"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1. Received: batch_size=0"),
         ({"split": "valid"}, "`split` must be one of ['test', 'train']. Received: split='valid'"),
         ({"image_size": 4}, "`image_size` must be an integer >= 8. Received: image_size=4"),
         ({"num_images": 10, "batch_size": 16}, "has 10 images, fewer than batch_size=16"),
@@ -154,7 +154,7 @@ def _raw_tfds(name, split, num):
 def test_tfds_cifar10_batches():
     with tfds.testing.mock_data(num_examples=12):
         loaded = data.load_tfds("cifar10", image_size=16, batch_size=4, download=False)
-        images, labels = _collect(loaded.dataset)
+        images, labels = _collect(loaded.batches)
     assert loaded.channels == 3 and loaded.image_size == 16
     assert loaded.num_classes == 10
     # Mocked TFDS lacks the label-name files; real cifar10 names its classes.
@@ -173,10 +173,10 @@ def test_tfds_mnist_is_grayscale_and_drops_remainder(drop_remainder, sizes):
         loaded = data.load_tfds(
             "mnist", image_size=8, batch_size=4, download=False, drop_remainder=drop_remainder
         )
-        images, labels = _collect(loaded.dataset)
+        images, labels = _collect(loaded.batches)
     assert loaded.channels == 1
     batch_dim = 4 if drop_remainder else None
-    assert loaded.dataset.element_spec[0].shape.as_list() == [batch_dim, 8, 8, 1]
+    assert loaded.batches.element_spec[0].shape.as_list() == [batch_dim, 8, 8, 1]
     assert [len(b) for b in images] == sizes
     assert [len(b) for b in labels] == sizes
     _assert_on_8bit_grid(np.concatenate(images))
@@ -190,7 +190,7 @@ def test_tfds_native_size_without_flip_is_the_raw_data():
         loaded = data.load_tfds(
             "mnist", image_size=28, batch_size=8, shuffle=False, random_flip=False, download=False
         )
-        images, labels = _collect(loaded.dataset)
+        images, labels = _collect(loaded.batches)
     np.testing.assert_array_equal(images[0], raw_images.astype(np.float32) / 127.5 - 1.0)
     np.testing.assert_array_equal(labels[0], raw_labels)
 
@@ -203,7 +203,7 @@ def test_tfds_downsampling_matches_pil_bilinear():
         loaded = data.load_tfds(
             "cifar10", image_size=16, batch_size=4, shuffle=False, random_flip=False, download=False
         )
-        images, _ = _collect(loaded.dataset)
+        images, _ = _collect(loaded.batches)
     expected = np.stack(
         [np.asarray(Image.fromarray(x).resize((16, 16), Image.BILINEAR)) for x in raw_images]
     ).astype(np.int64)
@@ -218,7 +218,7 @@ def test_tfds_random_flip(random_flip):
             "mnist", image_size=28, batch_size=32, shuffle=False, random_flip=random_flip,
             download=False,
         )
-        images = _to_uint8(_collect(loaded.dataset)[0][0])
+        images = _to_uint8(_collect(loaded.batches)[0][0])
     same = np.all(images == raw_images, axis=(1, 2, 3))
     mirrored = np.all(images == raw_images[:, :, ::-1], axis=(1, 2, 3))
     assert np.all(same | mirrored)
@@ -232,7 +232,7 @@ def test_tfds_without_label_feature_yields_images_of_non_square_sources():
     # celeb_a has 218x178 images and no "label": auto mode yields images only.
     with tfds.testing.mock_data(num_examples=4):
         loaded = data.load_tfds("celeb_a", image_size=8, batch_size=2, download=False)
-        batches = list(loaded.dataset)
+        batches = list(loaded.batches)
         assert loaded.num_classes is None and loaded.class_names is None
         assert len(batches) == 2
         assert all(isinstance(b, tf.Tensor) and b.shape == (2, 8, 8, 3) for b in batches)
@@ -245,7 +245,7 @@ def test_tfds_with_labels_false_drops_labels():
         loaded = data.load_tfds(
             "cifar10", image_size=8, batch_size=4, with_labels=False, download=False
         )
-        (batch,) = list(loaded.dataset)
+        (batch,) = list(loaded.batches)
     assert isinstance(batch, tf.Tensor) and loaded.num_classes is None
 
 
@@ -264,9 +264,9 @@ def test_tfds_missing_data_without_download_says_where_it_looked(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        ({"batch_size": 0}, "`batch_size` must be a positive integer. Received: batch_size=0"),
-        ({"image_size": -3}, "`image_size` must be a positive integer. Received: image_size=-3"),
-        ({"shuffle_buffer": 0}, "`shuffle_buffer` must be a positive integer."),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1. Received: batch_size=0"),
+        ({"image_size": -3}, "`image_size` must be an integer >= 1. Received: image_size=-3"),
+        ({"shuffle_buffer": 0}, "`shuffle_buffer` must be an integer >= 1."),
         ({"image_key": "picture"}, "has no image feature 'picture'"),
     ],
 )
@@ -298,6 +298,11 @@ def class_folder(tmp_path):
     os.makedirs(tmp_path / "empty_dir")
     os.makedirs(tmp_path / ".hidden")
     _write_image(tmp_path / ".hidden" / "x.png", (8, 8), (0, 0, 0))
+    # Hidden folders inside a class folder (a notebook's checkpoints) are no training images either.
+    os.makedirs(tmp_path / "cat" / ".ipynb_checkpoints" / "deeper")
+    _write_image(tmp_path / "cat" / ".ipynb_checkpoints" / "a-checkpoint.png", (8, 8), (0, 0, 0))
+    _write_image(tmp_path / "cat" / ".ipynb_checkpoints" / "deeper" / "b.png", (8, 8), (0, 0, 0))
+    _write_image(tmp_path / "dog" / "nested" / ".x.png", (8, 8), (0, 0, 0))
     return tmp_path
 
 
@@ -306,7 +311,7 @@ def test_folder_labels_come_from_sorted_sub_folders(class_folder):
     assert loaded.class_names == ("bird", "cat", "dog")
     assert loaded.num_classes == 3 and loaded.channels == 3
     assert loaded.num_examples == 18
-    images, labels = _collect(loaded.dataset)
+    images, labels = _collect(loaded.batches)
     images, labels = np.concatenate(images), np.concatenate(labels)
     assert images.shape == (18, 8, 8, 3)
     _assert_on_8bit_grid(images)
@@ -319,7 +324,7 @@ def test_folder_labels_come_from_sorted_sub_folders(class_folder):
 
 def test_folder_grayscale_output(class_folder):
     loaded = data.load_image_folder(class_folder, image_size=8, batch_size=6, channels=1)
-    images, _ = _collect(loaded.dataset)
+    images, _ = _collect(loaded.batches)
     assert loaded.channels == 1
     assert all(batch.shape == (6, 8, 8, 1) for batch in images)
 
@@ -331,7 +336,7 @@ def test_flat_folder_yields_images_only(tmp_path):
     loaded = data.load_image_folder(tmp_path, image_size=12, batch_size=3)
     assert loaded.num_classes is None and loaded.class_names is None
     assert loaded.num_examples == 6
-    batches = list(loaded.dataset)
+    batches = list(loaded.batches)
     assert len(batches) == 2
     assert all(isinstance(b, tf.Tensor) and b.shape == (3, 12, 12, 3) for b in batches)
     with pytest.raises(ValueError, match="has no class sub-folders"):
@@ -349,7 +354,7 @@ def test_folder_center_crop(tmp_path, center_crop):
     loaded = data.load_image_folder(
         tmp_path, image_size=8, batch_size=1, center_crop=center_crop, random_flip=False
     )
-    (batch,) = _collect(loaded.dataset)[0]
+    (batch,) = _collect(loaded.batches)[0]
     pixels = _to_uint8(batch)
     if center_crop:
         assert np.all(pixels == 255)
@@ -370,7 +375,7 @@ def test_folder_random_flip_changes_between_passes(tmp_path, random_flip):
     )
 
     def flipped():
-        (batch,) = _collect(loaded.dataset)[0]
+        (batch,) = _collect(loaded.batches)[0]
         pixels = _to_uint8(batch)
         assert np.all((pixels == image).all((1, 2, 3)) | (pixels == image[:, ::-1]).all((1, 2, 3)))
         return (pixels[:, 0, 0] == (0, 0, 255)).all(-1)
@@ -406,8 +411,8 @@ def test_folder_mixing_images_and_class_folders(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        ({"batch_size": 0}, "`batch_size` must be a positive integer. Received: batch_size=0"),
-        ({"image_size": 0}, "`image_size` must be a positive integer. Received: image_size=0"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1. Received: batch_size=0"),
+        ({"image_size": 0}, "`image_size` must be an integer >= 1. Received: image_size=0"),
         ({"channels": 4}, "`channels` must be 1 or 3. Received: channels=4"),
         ({"batch_size": 32}, "has 18 images, fewer than batch_size=32"),
     ],
