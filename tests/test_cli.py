@@ -123,6 +123,7 @@ def model_runs(trained, dirs):
     """Runs on the trained model, started at once."""
     run, root = trained[0], dirs["root"]
     shutil.copytree(run, root / "resumed")
+    shutil.copytree(run, root / "resumed_lr")
     sample = ["sample", "--model", run / "model.keras", "--num-images", 6, "--labels", "1,2,5",
               "--steps", 2, "--seed", 7, "--batch-size", 3, "--no-jit-compile"]
     runs = Runs(
@@ -133,6 +134,9 @@ def model_runs(trained, dirs):
                          "--no-jit-compile"),
         # Settings come from checkpoints/run.json; 4 of 4 steps done: no training.
         resume=command("train", "--output-dir", root / "resumed", "--resume", "--no-jit-compile"),
+        # A resume cannot honour another learning rate (its optimizer and schedule are saved).
+        resume_lr=command("train", "--output-dir", root / "resumed_lr", "--resume", "--steps", 8,
+                          "--learning-rate", "0.5", "--no-jit-compile"),
         bad_labels=command("sample", "--model", run / "model.keras", "--labels", f"0,{NUM_CLASSES}",
                            "--steps", 2, "--npz", root / "bad.npz", "--no-jit-compile"),
     )
@@ -192,6 +196,34 @@ def test_train_resume_continues_the_run(model_runs, dirs):
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 4
     assert summary["image_size"] == 8 and summary["num_timesteps"] == 20  # not the preset's 16, 1000
     assert not no_temp_files(dirs["root"] / "resumed")
+
+
+def test_resume_refuses_settings_it_cannot_honour(model_runs, dirs):
+    # Bug: --resume --learning-rate X trained on with the old rate while recording X.
+    folder = dirs["root"] / "resumed_lr"
+    before = {p: (folder / p).read_bytes() for p in ("checkpoints/run.json", "train_summary.json")}
+    assert_user_error(model_runs["resume_lr"], "--resume", "learning_rate", "0.5")
+    for path, content in before.items():
+        assert (folder / path).read_bytes() == content
+
+
+def test_outputs_get_the_mode_of_a_plain_write(trained):
+    # Bug: mkstemp made every atomically written file owner-only (0600).
+    run, _ = trained
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.keras", "samples.png", "samples_large.png", "train_summary.json",
+                 "checkpoints/ckpt.keras", "checkpoints/run.json"):
+        assert os.stat(run / name).st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_train_writes_an_enlarged_grid(trained):
+    run, _ = trained
+    with Image.open(run / "samples.png") as small, Image.open(run / "samples_large.png") as large:
+        # 8x8 images enlarged 8x (nearest neighbour) to 64x64, 4 px padding: one column of 4 rows.
+        assert large.size == (64 + 2 * 4, 4 * (64 + 4) + 4)
+        cell = np.asarray(large)[4:68, 4:68]
+        np.testing.assert_array_equal(cell, np.repeat(np.repeat(np.asarray(small)[1:9, 1:9], 8, 0), 8, 1))
 
 
 def test_train_refuses_a_directory_holding_a_run(trained, capsys):
@@ -262,6 +294,32 @@ def test_labels_for_an_unconditional_model(unconditional_model, dirs, capsys):
     assert not os.path.exists(npz)
 
 
+# ------------------------------------------------------------------ console
+def test_native_chatter_is_recognised_and_real_errors_are_not():
+    from tfdiffusion import console
+
+    chatter = [b"I0000 00:00:1795913478.300988   11682 cudart_stub.cc:31] Could not find cuda drivers",
+               b"W0000 00:00:1795913478.300988   11682 xla_ops.cc:12] Ignoring Assert operator",
+               b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+               b"E0000 00:00:1795913485.845894   11682 cuda_platform.cc:52] failed call to cuInit: INTERNAL"]
+    kept = [b"tfdiffusion: error: --steps must be an integer >= 1",
+            b"F0000 00:00:1.5   1 xla.cc:3] Check failed: out of memory",
+            b"E0000 00:00:1.5   1 xla_compiler.cc:3] compilation failed",
+            b"Traceback (most recent call last):"]
+    assert all(console.is_chatter(line) for line in chatter)
+    assert not any(console.is_chatter(line) for line in kept)
+
+
+def test_console_script_hides_tensorflow_start_up_chatter(tmp_path):
+    # What pip's console script runs, under the command's name (the installed one when present).
+    script = tmp_path / "tfdiffusion"
+    script.write_text("import sys\nfrom tfdiffusion.cli import main\nsys.exit(main())\n")
+    argv = [INSTALLED] if INSTALLED else [sys.executable, str(script)]
+    result = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("tfdiffusion ")
+    assert "cudart_stub" not in result.stderr and "absl::InitializeLog" not in result.stderr, result.stderr
+
+
 # -------------------------------------------------------------------- help
 EXPECTED_FLAGS = {
     "train": ["--preset", "--dataset", "--data-dir", "--output-dir", "--steps", "--epochs",
@@ -296,7 +354,7 @@ def test_help_documents_every_flag(command, capsys):
 def test_grid_places_images_with_padding_and_keeps_grayscale(tmp_path):
     tiles = (np.arange(3 * 2 * 2) + 1).astype(np.uint8).reshape(3, 2, 2, 1)
     path = tmp_path / "grid.png"
-    images.save_grid(tiles, path, nrow=2)
+    images.save_grid(tiles, path, columns=2)
     with Image.open(path) as grid:
         assert grid.mode == "L" and grid.size == (2 * 3 + 1, 2 * 3 + 1)
         pixels = np.asarray(grid)

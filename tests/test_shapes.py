@@ -129,15 +129,16 @@ def test_every_class_appears_with_its_name():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, error, message",
     [
-        ({"num_images": 0}, "`num_images` must be a positive integer. Received: num_images=0"),
-        ({"num_images": 2.5}, "`num_images` must be a positive integer. Received: num_images=2.5"),
-        ({"image_size": 4}, "`image_size` must be an integer >= 8. Received: image_size=4"),
-        ({"seed": -1}, "`seed` must be a non-negative integer. Received: seed=-1"),
+        ({"num_images": 0}, ValueError, "`num_images` must be an integer >= 1. Received: num_images=0"),
+        ({"num_images": 2.5}, TypeError, "`num_images` must be an integer >= 1. Received: num_images=2.5"),
+        ({"num_images": True}, TypeError, "`num_images` must be an integer >= 1. Received: num_images=True"),
+        ({"image_size": 4}, ValueError, "`image_size` must be an integer >= 8. Received: image_size=4"),
+        ({"seed": -1}, ValueError, "`seed` must be an integer >= 0. Received: seed=-1"),
     ],
 )
-def test_invalid_arguments_raise_clear_errors(kwargs, message):
+def test_invalid_arguments_raise_clear_errors(kwargs, error, message):
     arguments = {"num_images": 8, "image_size": 8, "seed": 0, **kwargs}
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(error, match=re.escape(message)):
         shapes.make_shapes(**arguments)

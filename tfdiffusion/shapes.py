@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tfdiffusion import validation
+
 __all__ = ["CLASS_NAMES", "make_shapes"]
 
 CLASS_NAMES = (
@@ -170,15 +172,9 @@ def make_shapes(num_images, image_size=16, seed=0):
         `labels` int32 `[N]` in [0, len(CLASS_NAMES)). Classes are balanced:
         counts differ by at most one, in random order.
     """
-    for name, value, minimum, expected in (
-        ("num_images", num_images, 1, "a positive integer"),
-        ("image_size", image_size, 8, "an integer >= 8"),
-        ("seed", seed, 0, "a non-negative integer"),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
-    num_images, image_size = int(num_images), int(image_size)
-    rng = np.random.default_rng(int(seed))
+    num_images = validation.check_int("num_images", num_images)
+    image_size = validation.check_int("image_size", image_size, 8)
+    rng = np.random.default_rng(validation.check_int("seed", seed, 0))
     labels = rng.permutation(np.arange(num_images) % len(CLASS_NAMES)).astype(np.int32)
     params = _draw_parameters(labels, rng)
     images = np.empty((num_images, image_size, image_size, 3), np.uint8)

@@ -1,0 +1,63 @@
+"""The `tfdiffusion` command: train, sample and evaluate diffusion models from the shell."""
+
+import argparse
+import re
+import sys
+
+from tfdiffusion.cli import commands
+from tfdiffusion.cli.parser import PROG
+from tfdiffusion.cli.parser import CLIError
+from tfdiffusion.cli.parser import build_parser
+from tfdiffusion.training import RunError
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+_HANDLERS = {"train": commands.train, "sample": commands.sample, "evaluate": commands.evaluate}
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _with_flags(message, parser, argv):
+    """Names arguments as the command line spells them: `output_dir` -> --output-dir."""
+    flags = {o for a in parser._actions for o in a.option_strings}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and argv and argv[0] in action.choices:
+            flags |= {o for a in action.choices[argv[0]]._actions for o in a.option_strings}
+
+    def replace(match):
+        flag = "--" + match.group(1).replace("_", "-")
+        return flag if flag in flags else match.group(0)
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", replace, message)
+
+
+def main(argv=None) -> int:
+    """Runs the `tfdiffusion` command.
+
+    Args:
+        argv: the arguments after the program name; None for `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0 on success, 2 for a usage error (reported on stderr
+        as one `tfdiffusion: error: ...` line), 130 when interrupted.
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        args = parser.parse_args(argv)
+        return _HANDLERS[args.command_name](args)
+    except (CLIError, RunError, ValueError, TypeError) as error:
+        # Library functions check their arguments and raise these with a clear message.
+        if debug:
+            raise
+        print(f"{PROG}: error: {_with_flags(_one_line(error), parser, argv)}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help and --version
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,171 @@
+"""The `tfdiffusion` subcommands: thin handlers over `training`, `loading`, `data` and `DiffusionModel.generate`."""
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tfdiffusion import data
+from tfdiffusion import images
+from tfdiffusion import training
+from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
+from tfdiffusion.cli.parser import CLIError
+from tfdiffusion.loading import load_model
+
+__all__ = ["evaluate", "sample", "train"]
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _check_output_file(path, flag):
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path!r} is a directory; give a file name")
+    if not os.path.isdir(directory):
+        raise CLIError(f"cannot write {flag} {path!r}: directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise CLIError(f"cannot write {flag} {path!r}: directory {directory!r} is not writable")
+
+
+def _load(path, flag="--model"):
+    try:
+        return load_model(path)
+    except (ValueError, OSError) as error:
+        raise CLIError(f"{flag} {_one_line(error)}") from None
+
+
+def _progress_printer():
+    begin = time.time()
+
+    def progress(done, total):
+        print(f"sampled {done}/{total} images ({time.time() - begin:.1f}s)", flush=True)
+
+    return progress
+
+
+# ------------------------------------------------------------------ train
+_SETTING_FLAGS = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate", "num_timesteps",
+                  "steps", "epochs", "seed", "sampler", "sample_steps", "num_samples", "guidance_scale",
+                  "checkpoint_every", "jit_compile")
+
+
+def train(args):
+    settings = training.TrainSettings(**{name: getattr(args, name) for name in _SETTING_FLAGS})
+    try:
+        summary = training.train(args.output_dir, settings, resume=args.resume,
+                                 log=lambda line: print(line, flush=True),
+                                 verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        print(f"tfdiffusion: interrupted; continue with `tfdiffusion train --output-dir {args.output_dir} "
+              "--resume`", file=sys.stderr)
+        return 130
+    out = args.output_dir
+    log_dir = os.path.join(out, training.LOG_DIR)
+    print(f"Wrote\n  model:      {os.path.join(out, training.MODEL_FILE)}\n"
+          f"  samples:    {os.path.join(out, training.SAMPLES_FILE)} "
+          f"(enlarged: {os.path.join(out, training.SAMPLES_LARGE_FILE)})\n"
+          f"  summary:    {os.path.join(out, training.SUMMARY_FILE)}\n"
+          f"  checkpoint: {os.path.join(out, training.CHECKPOINT_FILE)}"
+          + (f"\n  TensorBoard logs: {log_dir}  (tensorboard --logdir {log_dir})" if os.path.isdir(log_dir) else ""))
+    del summary
+    return 0
+
+
+# ----------------------------------------------------------------- sample
+def sample(args):
+    png, npz = args.output, args.npz
+    if png is None and npz is None:
+        png = "samples.png"
+    for path, flag in ((png, "--output"), (npz, "--npz")):
+        if path is not None:
+            _check_output_file(path, flag)
+    model = _load(args.model)
+    T = model.diffusion.num_timesteps
+    if args.eta is not None and args.sampler != "ddim":
+        raise CLIError(f"--eta applies to --sampler ddim only. Received: --sampler {args.sampler}")
+    steps = args.steps or (min(DEFAULT_SAMPLE_STEPS, T) if args.sampler == "ddim" else T)
+    if steps > T:
+        raise CLIError(f"--steps must be between 1 and the model's T={T}. Received: {steps}")
+    if args.labels is not None:
+        num_images = args.num_images or len(args.labels)
+        if len(args.labels) > num_images:
+            raise CLIError(f"--labels gives {len(args.labels)} labels for --num-images {num_images}")
+        labels, columns = np.resize(np.asarray(args.labels, np.int32), num_images), None
+    else:
+        num_images = args.num_images or 16
+        if args.label is not None:
+            labels, columns = np.full([num_images], args.label, np.int32), None
+        else:
+            labels, columns = training.grid_layout(num_images, model.num_classes)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    print(f"Sampling {num_images} images ({args.sampler}, {steps} steps, seed {seed})", flush=True)
+    try:
+        generated = model.generate(num_images, sampler=args.sampler, num_steps=steps, seed=seed, labels=labels,
+                                   guidance_scale=args.guidance_scale, eta=args.eta,
+                                   batch_size=args.batch_size, jit_compile=args.jit_compile,
+                                   progress=_progress_printer())
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"cannot sample: {_one_line(error)}") from None
+    if png is not None:
+        images.save_grid(generated, png, columns=columns)
+        print(f"Wrote {png}")
+    if npz is not None:
+        images.save_npz(npz, generated, labels if model.num_classes else None)
+        print(f"Wrote {npz}")
+    return 0
+
+
+# --------------------------------------------------------------- evaluate
+def evaluate(args):
+    model = _load(args.model)
+    T = model.diffusion.num_timesteps
+    height, _, channels = model.image_shape
+    if args.bpd_steps is not None and args.metric != "bpd":
+        raise CLIError("--bpd-steps applies to --metric bpd only")
+    bpd_steps = min(args.bpd_steps or T, T) if args.metric == "bpd" else 0
+    model.set_bpd_evaluation(bpd_steps)
+    model.set_evaluation_seed(args.seed)
+    model.compile(optimizer=None, jit_compile="auto" if args.jit_compile is None else args.jit_compile)
+    try:
+        dataset = data.load_dataset(args.dataset, args.split, height, args.batch_size, training=False,
+                                    channels=channels, with_labels=None if model.num_classes else False,
+                                    data_dir=args.data_dir, seed=args.seed)
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"--dataset {_one_line(error)}") from None
+    if dataset.channels != channels:
+        raise CLIError(f"--dataset {args.dataset!r} has {dataset.channels}-channel images but the model "
+                       f"expects {channels} channels ({'x'.join(map(str, model.image_shape))})")
+    if model.num_classes is not None and dataset.num_classes != model.num_classes:
+        found = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"
+        raise CLIError(f"the model is class-conditional with {model.num_classes} classes but "
+                       f"--dataset {args.dataset!r} has {found}")
+    num_images = dataset.num_examples
+    if num_images is None:
+        num_images = int(dataset.batches.reduce(0, lambda n, batch: n + tf.shape(
+            batch[0] if isinstance(batch, tuple) else batch)[0]))
+    num_batches = math.ceil(num_images / args.batch_size)
+    if args.num_batches is not None and args.num_batches < num_batches:
+        num_batches = args.num_batches
+        num_images = num_batches * args.batch_size
+    print(f"Evaluating {num_images} images of {args.dataset} ({args.metric}"
+          + (f", {bpd_steps} of T={T} bound terms" if bpd_steps else "") + ")", file=sys.stderr, flush=True)
+    with contextlib.redirect_stdout(sys.stderr):  # Keep stdout for the JSON.
+        results = model.evaluate(dataset.batches, steps=num_batches, return_dict=True,
+                                 verbose=1 if sys.stderr.isatty() else 2)
+    report = dict(model=args.model, dataset=args.dataset,
+                  split=None if os.path.exists(args.dataset) else (args.split or "test"),
+                  num_images=num_images, metric=args.metric)
+    if bpd_steps:
+        report.update(bpd=float(results["bpd"]), bpd_steps=bpd_steps, num_timesteps=T,
+                      bpd_estimate=("full T-step bound" if bpd_steps >= T else f"stratified {bpd_steps}-step estimate"))
+    report.update(loss=float(results["loss"]), mse=float(results["mse"]), vb=float(results["vb"]), seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0

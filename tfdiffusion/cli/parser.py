@@ -1,0 +1,252 @@
+"""The `tfdiffusion` argument parser: subcommands, flag types, help texts with every default."""
+
+import argparse
+import math
+
+from tfdiffusion import __version__
+from tfdiffusion import presets
+from tfdiffusion import samplers
+from tfdiffusion import training
+
+__all__ = ["CLIError", "PROG", "build_parser"]
+
+PROG = "tfdiffusion"
+DEFAULT_SAMPLE_STEPS = 50
+
+
+class CLIError(Exception):
+    """A problem the user can fix (flag, path, data set): one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors become `CLIError`s (one line, no usage dump)."""
+
+    def error(self, message):
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---------------------------------------------------------------- arguments
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer. Received: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}. Received: {text}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+
+
+def _float_in(minimum, strict):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number. Received: {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>' if strict else '>='} {minimum}. Received: {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number. Received: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number. Received: {text}")
+    return value
+
+
+_finite_float.__name__ = "number"
+
+
+def _label_list(text):
+    try:
+        labels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,2. Received: {text!r}") from None
+    return labels
+
+
+def _preset_defaults(field, fmt="{}"):
+    """A preset field's values for help texts, e.g. "shapes, shapes-hybrid: 16; mnist-small: 28"."""
+    names_by_value = {}
+    for name, preset in presets.PRESETS.items():
+        names_by_value.setdefault(fmt.format(getattr(preset, field)), []).append(name)
+    if len(names_by_value) == 1:
+        return f"{next(iter(names_by_value))} in every preset"
+    return "; ".join(f"{', '.join(names)}: {value}" for value, names in names_by_value.items())
+
+
+def _add_jit_flag(parser, default_text):
+    parser.add_argument(
+        "--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+        help=f"compile with XLA, or not (default: {default_text})")
+
+
+def _add_data_dir(parser):
+    parser.add_argument(
+        "--data-dir", metavar="DIR",
+        help="where TFDS data sets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+
+
+def build_parser():
+    """The `tfdiffusion` argument parser with its subcommands."""
+    parser = _Parser(
+        prog=PROG,
+        description="Train, sample and evaluate denoising diffusion models (TensorFlow/Keras).",
+        epilog=("examples:\n"
+                "  tfdiffusion train --preset shapes --output-dir runs/shapes\n"
+                "  tfdiffusion sample --model runs/shapes/model.keras --num-images 64 --output grid.png\n"
+                "  tfdiffusion evaluate --model runs/shapes/model.keras --dataset shapes --bpd-steps 100"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks and TensorFlow's C++ log lines (default: one-line "
+                        "errors, TensorFlow's start-up chatter hidden)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    dataset_help = ("'shapes' (built in, no download), a TFDS name (e.g. mnist, cifar10) or "
+                    "a directory of images (class sub-folders give labels)")
+
+    # ------------------------------------------------------------------ train
+    train = commands.add_parser(
+        "train", help="train a model from a preset and write model, samples and summary",
+        description=(
+            "Train a DiffusionModel with model.fit and write, in --output-dir: model.keras "
+            "(the trained model, EMA weights and optimizer state), samples.png (a sample "
+            "grid; one row per class for a class-conditional model), train_summary.json, "
+            "checkpoints/ckpt.keras (the whole model after every epoch, written atomically; "
+            "--resume continues from it) and logs/ (TensorBoard). Settings not given come from "
+            "the preset (or, with --resume, from the interrupted run)."))
+    train.add_argument("--preset", choices=sorted(presets.PRESETS),
+                       help="named configuration (default: shapes): " + "; ".join(
+                           f"{name}: {p.description.rstrip('.')}" for name, p in presets.PRESETS.items()))
+    train.add_argument("--dataset", help=f"{dataset_help} (default: the preset's: "
+                       f"{_preset_defaults('dataset')})")
+    _add_data_dir(train)
+    train.add_argument("--output-dir", required=True, metavar="DIR",
+                       help="directory for the run's files; created if missing (required)")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int,
+                        help=f"training steps (default: the preset's: {_preset_defaults('train_steps')})")
+    length.add_argument("--epochs", type=_positive_int,
+                        help="passes over the training data, instead of --steps (default: use --steps)")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help=f"images per step (default: the preset's: {_preset_defaults('batch_size')})")
+    train.add_argument("--image-size", type=_positive_int,
+                       help=f"training resolution in pixels (default: the preset's: "
+                       f"{_preset_defaults('image_size')})")
+    train.add_argument("--learning-rate", type=_float_in(0.0, strict=True),
+                       help=f"peak AdamW learning rate (default: the preset's: "
+                       f"{_preset_defaults('learning_rate', '{:g}')})")
+    train.add_argument("--num-timesteps", type=_int_at_least(2), metavar="T",
+                       help=f"diffusion steps T (default: the preset's: {_preset_defaults('num_timesteps')})")
+    train.add_argument("--seed", type=int,
+                       help="seed of weight initialization, data order and sample noise (default: 0)")
+    train.add_argument("--sampler", choices=samplers.sampler_names(),
+                       help=f"sampler of samples.png: ddim or ddpm (ancestral, respaced to "
+                       f"--sample-steps) (default: the preset's: {_preset_defaults('sampler')})")
+    train.add_argument("--sample-steps", type=_positive_int,
+                       help=f"sampling steps for samples.png, at most T (default: the preset's: "
+                       f"{_preset_defaults('sample_steps')}, capped at T)")
+    train.add_argument("--num-samples", type=_positive_int,
+                       help=f"images in samples.png (default: {training.DEFAULT_NUM_SAMPLES})")
+    train.add_argument("--guidance-scale", type=_finite_float, metavar="W",
+                       help="classifier-free guidance for samples.png of a conditional model "
+                       f"(default: the preset's: {_preset_defaults('guidance_scale', '{:g}')})")
+    _add_jit_flag(train, "yes: training and samples compile with XLA")
+    train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                       help="also write checkpoints/ckpt.keras every N training steps, so that a kill "
+                       "loses at most N steps (default: at the end of every epoch only, at most "
+                       f"{training.MAX_STEPS_PER_EPOCH} steps)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from checkpoints/ckpt.keras (weights, "
+                       "EMA, optimizer state and step) up to --steps in total; unspecified "
+                       "settings come from that run (default: start a new run, which refuses a "
+                       "directory that already holds one)")
+    train.set_defaults(command_name="train")
+
+    # ----------------------------------------------------------------- sample
+    sample = commands.add_parser(
+        "sample", help="generate images with a trained model",
+        description=(
+            "Generate images with a model written by `tfdiffusion train` (its EMA weights) and "
+            "write a PNG grid and/or an .npz file (\"images\": uint8 [N, H, W, C]; \"labels\": "
+            "int32 [N] for a class-conditional model), each atomically. Without --output and "
+            "--npz, writes samples.png. Each batch's noise is drawn from --seed and the batch's "
+            "offset, so the same flags give the same images."))
+    sample.add_argument("--model", required=True, metavar="PATH",
+                        help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+    sample.add_argument("--num-images", type=_positive_int,
+                        help="number of images (default: the number of --labels, else 16)")
+    sample.add_argument("--sampler", choices=samplers.sampler_names(), default="ddim",
+                        help="ddim (deterministic with --eta 0) or ddpm (ancestral) (default: ddim)")
+    sample.add_argument("--steps", type=_positive_int,
+                        help=f"sampling steps in [1, T], evenly spaced (default: ddim {DEFAULT_SAMPLE_STEPS} "
+                        "capped at T; ddpm T)")
+    sample.add_argument("--eta", type=_float_in(0.0, strict=False),
+                        help="DDIM noise scale; 0 is deterministic, 1 DDPM-like (default: 0; ddim only)")
+    sample.add_argument("--seed", type=int,
+                        help="random seed; the same seed gives the same images (default: a random "
+                        "seed, printed)")
+    labels = sample.add_mutually_exclusive_group()
+    labels.add_argument("--labels", type=_label_list, metavar="L1,L2,...",
+                        help="class of each image, repeated to --num-images (default: for a "
+                        "class-conditional model, one grid row per class)")
+    labels.add_argument("--label", type=int, metavar="L",
+                        help="one class for every image (default: see --labels)")
+    sample.add_argument("--guidance-scale", type=_finite_float, default=1.0, metavar="W",
+                        help="classifier-free guidance scale; 1 is none (default: 1.0)")
+    sample.add_argument("--output", metavar="PNG",
+                        help="write a grid PNG here (default: samples.png unless --npz is given)")
+    sample.add_argument("--npz", metavar="FILE",
+                        help="write the images (and labels) to this .npz file (default: none)")
+    sample.add_argument("--batch-size", type=_positive_int,
+                        help="images per network batch (default: all at once)")
+    _add_jit_flag(sample, "yes")
+    sample.set_defaults(command_name="sample")
+
+    # --------------------------------------------------------------- evaluate
+    evaluate = commands.add_parser(
+        "evaluate", help="report bits/dim and losses of a trained model on held-out data",
+        description=(
+            "Evaluate a model written by `tfdiffusion train` (its EMA weights) with "
+            "model.evaluate on a held-out split and print JSON: bpd (the variational bound in "
+            "bits per dimension) when --metric bpd, the training loss, mse and vb, the number "
+            "of images, and which bound estimate was used. Images are resized to the model's "
+            "resolution; their channel count (and classes, for a class-conditional model) must "
+            "match the model's. The progress bar goes to stderr, the JSON to stdout."))
+    evaluate.add_argument("--model", required=True, metavar="PATH",
+                          help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+    evaluate.add_argument("--dataset", required=True, help=f"{dataset_help} (required)")
+    _add_data_dir(evaluate)
+    evaluate.add_argument("--split", help="held-out split: shapes 'test' or 'train', a TFDS split "
+                          "such as test or train[:10%%]; not for an image folder (default: test)")
+    evaluate.add_argument("--metric", choices=("bpd", "loss"), default="bpd",
+                          help="bpd: the bound in bits/dim plus the losses; loss: the losses only, "
+                          "one network call per image (default: bpd)")
+    evaluate.add_argument("--bpd-steps", type=_int_at_least(2), metavar="K",
+                          help="bound terms per image: K >= T is the full T-step bound, K < T a "
+                          "stratified K-step estimate (K network calls per image) (default: T)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64,
+                          help="images per batch (default: 64)")
+    evaluate.add_argument("--num-batches", type=_positive_int,
+                          help="evaluate only the first N batches (default: the whole split)")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the evaluation noise and timesteps (default: 0)")
+    _add_jit_flag(evaluate, "Keras' 'auto': XLA except on CPU-only machines")
+    evaluate.set_defaults(command_name="evaluate")
+    return parser
+
+

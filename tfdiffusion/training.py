@@ -1,0 +1,362 @@
+"""A training run: settings from a preset, the run folder, checkpoints and resume, fit, samples and summary.
+
+`train(output_dir, ...)` is what `tfdiffusion train` runs; Python users call
+it the same way. A run folder holds:
+
+    model.keras              the trained model (weights, EMA, optimizer state)
+    samples.png              a sample grid; samples_large.png enlarged
+    train_summary.json       what was trained and measured
+    checkpoints/ckpt.keras   the whole model, every epoch and `checkpoint_every` steps
+    checkpoints/run.json     the run's settings, for --resume
+    logs/                    TensorBoard
+
+A resumed run continues the step counter, learning-rate schedule, EMA and
+optimizer state from the checkpoint. It does not replay the data: its
+pipeline is reseeded with the step it resumes at, so it continues with a
+fresh shuffle order.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, Optional
+
+import keras
+import numpy as np
+
+from tfdiffusion import callbacks
+from tfdiffusion import data
+from tfdiffusion import files
+from tfdiffusion import images
+from tfdiffusion import presets
+from tfdiffusion import samplers
+from tfdiffusion import validation
+from tfdiffusion.loading import MODEL_FILE
+from tfdiffusion.loading import load_model
+
+__all__ = ["RunError", "TrainSettings", "grid_layout", "train", "write_json"]
+
+SAMPLES_FILE = "samples.png"
+SAMPLES_LARGE_FILE = "samples_large.png"
+SUMMARY_FILE = "train_summary.json"
+CHECKPOINT_FILE = os.path.join("checkpoints", "ckpt.keras")
+RUN_FILE = os.path.join("checkpoints", "run.json")
+LOG_DIR = "logs"
+MAX_STEPS_PER_EPOCH = 500
+DEFAULT_NUM_SAMPLES = 64
+
+# What a resumed run cannot change: its weights, optimizer and data were made with these.
+FIXED_ON_RESUME = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate",
+                   "num_timesteps", "seed")
+
+
+class RunError(ValueError):
+    """A problem with the run folder or its settings that the user can fix."""
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """The settings of a training run; None means "the preset's" (or the resumed run's).
+
+    Attributes:
+        preset: a name from `presets.PRESETS`.
+        dataset: "shapes", a TFDS name or an image folder.
+        data_dir: where TFDS data lives.
+        image_size, batch_size, learning_rate, num_timesteps: as the preset's fields.
+        steps: training steps in total (a resumed run continues up to it).
+        epochs: passes over the data instead of `steps`.
+        seed: weight initialisation, data order and sample noise.
+        sampler, sample_steps, num_samples, guidance_scale: the sample grid.
+        checkpoint_every: save a checkpoint every this many steps (besides every epoch).
+        jit_compile: compile training and sampling with XLA (None: yes).
+    """
+
+    preset: Optional[str] = None
+    dataset: Optional[str] = None
+    data_dir: Optional[str] = None
+    image_size: Optional[int] = None
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
+    num_timesteps: Optional[int] = None
+    steps: Optional[int] = None
+    epochs: Optional[int] = None
+    seed: Optional[int] = None
+    sampler: Optional[str] = None
+    sample_steps: Optional[int] = None
+    num_samples: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    checkpoint_every: Optional[int] = None
+    jit_compile: Optional[bool] = None
+
+    def given(self) -> Dict[str, Any]:
+        """The settings that were set (not None)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _check_settings(settings: Dict[str, Any]) -> None:
+    checks = dict(image_size=1, batch_size=1, num_timesteps=2, steps=1, epochs=1, sample_steps=1,
+                  num_samples=1, checkpoint_every=1)
+    for key, minimum in checks.items():
+        if settings.get(key) is not None:
+            validation.check_int(key, settings[key], minimum)
+    if settings.get("seed") is not None:
+        validation.check_int("seed", settings["seed"], None)
+    if settings.get("learning_rate") is not None:
+        validation.check_number("learning_rate", settings["learning_rate"], 0.0, min_inclusive=False)
+    if settings.get("guidance_scale") is not None:
+        validation.check_number("guidance_scale", settings["guidance_scale"])
+    if settings.get("sampler") is not None:
+        validation.check_choice("sampler", settings["sampler"], samplers.sampler_names())
+    if settings.get("jit_compile") is not None:
+        validation.check_bool("jit_compile", settings["jit_compile"])
+
+
+def resolve_settings(given: Dict[str, Any], saved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The run's settings: given ones, else the resumed run's, else the preset's.
+
+    Raises:
+        RunError: a resumed run asked to change a setting it cannot change.
+    """
+    _check_settings(given)
+    saved = dict(saved or {})
+    if saved:
+        changed = [f"{key}: run {saved.get(key)!r}, requested {given[key]!r}" for key in FIXED_ON_RESUME
+                   if key in given and given[key] != saved.get(key)]
+        if changed:
+            raise RunError("cannot `resume` with different settings (" + "; ".join(changed) + "): the "
+                           "checkpoint's weights, optimizer and data were made with the run's; start a new "
+                           "run in another folder to change them")
+    settings = {**saved, **given}
+    if given.get("epochs") is not None:
+        settings.pop("steps", None)
+    preset = presets.get_preset(settings.get("preset") or "shapes")
+    explicit_sample_steps = "sample_steps" in settings
+    defaults = dict(preset=preset.name, dataset=preset.dataset, data_dir=None, image_size=preset.image_size,
+                    batch_size=preset.batch_size, learning_rate=preset.learning_rate,
+                    num_timesteps=preset.num_timesteps, steps=None if settings.get("epochs") else preset.train_steps,
+                    epochs=None, seed=0, sampler=preset.sampler, sample_steps=preset.sample_steps,
+                    num_samples=DEFAULT_NUM_SAMPLES, guidance_scale=preset.guidance_scale, checkpoint_every=None,
+                    jit_compile=None)
+    settings = {**defaults, **{k: v for k, v in settings.items() if v is not None}}
+    if not explicit_sample_steps:
+        settings["sample_steps"] = min(settings["sample_steps"], settings["num_timesteps"])
+    elif settings["sample_steps"] > settings["num_timesteps"]:
+        raise RunError(f"`sample_steps` must be at most the number of diffusion steps "
+                       f"T={settings['num_timesteps']}. Received: sample_steps={settings['sample_steps']}")
+    if saved and preset.decay_to_zero and given.get("steps") not in (None, saved.get("steps")):
+        raise RunError(f"cannot `resume` with `steps` {given['steps']} (the run has {saved.get('steps')}): the "
+                       f"{preset.name!r} preset's learning rate decays to 0 at the run's last step, which "
+                       "the checkpoint's schedule fixes")
+    return settings
+
+
+def grid_layout(num_images: int, num_classes: Optional[int]):
+    """Default labels and grid columns: one row per class for a conditional model.
+
+    Returns:
+        `(labels, columns)`: labels int32 `[num_images]` (None if
+        unconditional), `columns` images per grid row.
+    """
+    if num_classes is None:
+        return None, math.ceil(math.sqrt(num_images))
+    columns = max(1, math.ceil(num_images / num_classes))
+    return (np.arange(num_images) // columns % num_classes).astype(np.int32), columns
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Writes `payload` as strict JSON (no NaN), atomically."""
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    with files.atomic_output(path) as tmp:
+        with open(tmp, "w") as file:
+            file.write(text + "\n")
+
+
+def _float_or_none(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _tensorboard(log_dir, log):
+    if importlib.util.find_spec("tensorboard") is None:
+        log(f"TensorBoard is not installed (pip install tensorboard): no logs are written to {log_dir}")
+        return []
+    return [keras.callbacks.TensorBoard(log_dir)]
+
+
+def _data_seed(seed: int, start_step: int) -> int:
+    """The data order's seed: the run's, reseeded by the step a resumed run starts at."""
+    return seed if start_step == 0 else (seed * 1_000_003 + start_step) % (2**31 - 1)
+
+
+def _prepare_folder(out: str, resume: bool) -> bool:
+    """Checks the run folder for a new run or a resume; returns True when it was created here."""
+    checkpoint = os.path.join(out, CHECKPOINT_FILE)
+    if resume and not os.path.isfile(checkpoint):
+        raise RunError(f"cannot `resume`: {checkpoint!r} does not exist")
+    if not resume and any(os.path.exists(os.path.join(out, f)) for f in (CHECKPOINT_FILE, MODEL_FILE)):
+        raise RunError(f"`output_dir` {out!r} already holds a training run; pass `resume` to continue it, "
+                       "or choose another folder")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"`output_dir` {out!r} is a file")
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise RunError(f"cannot write to `output_dir` {out!r}: {error.strerror or error}") from None
+    for folder in (out, os.path.dirname(checkpoint)):
+        if os.path.isdir(folder):
+            callbacks.remove_stale_temp_files(folder)
+    return created
+
+
+def _build_model(settings, preset, dataset, resumed):
+    """A new compiled model for the preset, or the resumed one checked against the settings."""
+    num_classes = dataset.num_classes if preset.conditional else None
+    image_shape = (dataset.image_size, dataset.image_size, dataset.channels)
+    jit = True if settings["jit_compile"] is None else settings["jit_compile"]
+    if resumed is not None:
+        model = resumed
+        found = dict(image_shape=tuple(model.image_shape), num_classes=model.num_classes,
+                     num_timesteps=model.diffusion.num_timesteps)
+        wanted = dict(image_shape=image_shape, num_classes=num_classes, num_timesteps=settings["num_timesteps"])
+        differ = [f"{k}: checkpoint {found[k]}, settings/data {wanted[k]}" for k in found if found[k] != wanted[k]]
+        if differ:
+            raise RunError("cannot `resume`: the checkpoint's model differs from the requested one ("
+                           + "; ".join(differ) + ")")
+        if model.optimizer is None:
+            raise RunError("cannot `resume`: the checkpoint holds no optimizer state")
+        model.jit_compile = jit
+        return model
+    # train_steps: where a decaying learning-rate schedule reaches 0.
+    preset = dataclasses.replace(preset, learning_rate=settings["learning_rate"],
+                                 num_timesteps=settings["num_timesteps"], train_steps=settings["steps"])
+    model = presets.build_model(preset, num_classes=num_classes, image_size=image_shape[0],
+                                channels=image_shape[-1], seed=settings["seed"])
+    # XLA trains 2-3x faster than plain graphs on CPU (benchmarks/README.md);
+    # Keras' "auto" would switch it off on CPU-only machines.
+    model.compile(optimizer=presets.make_optimizer(preset), jit_compile=jit)
+    return model
+
+
+def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: bool = False,
+          log: Callable[[str], None] = print, verbose: int = 2) -> Dict[str, Any]:
+    """Trains (or resumes) a run in `output_dir` and writes model, samples, summary, checkpoints, logs.
+
+    Args:
+        output_dir: the run folder; created if missing. A new run refuses a
+            folder that holds one; `resume=True` continues it.
+        settings: `TrainSettings`; unset fields come from the resumed run,
+            else from the preset.
+        resume: continue the run in `output_dir` from its checkpoint.
+        log: where progress lines go.
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        The summary written to train_summary.json.
+
+    Raises:
+        RunError: the folder, the settings or the resume request is wrong.
+        ValueError: a setting or the data set is invalid (raised before training).
+    """
+    begin = time.time()
+    out = os.fspath(output_dir)
+    settings = settings or TrainSettings()
+    checkpoint, run_file = os.path.join(out, CHECKPOINT_FILE), os.path.join(out, RUN_FILE)
+    saved = None
+    if resume and os.path.isfile(run_file):
+        with open(run_file) as file:
+            saved = json.load(file)
+    resolved = resolve_settings(settings.given(), saved)
+    preset = presets.get_preset(resolved["preset"])
+    created = _prepare_folder(out, resume)
+    try:
+        keras.utils.set_random_seed(resolved["seed"])
+        resumed = load_model(checkpoint, compile=True) if resume else None
+        start_step = int(resumed.optimizer.iterations) if resumed is not None and resumed.optimizer else 0
+        dataset = data.load_dataset(
+            resolved["dataset"], None, resolved["image_size"], resolved["batch_size"], training=True,
+            channels=preset.channels, with_labels=None if preset.conditional else False,
+            data_dir=resolved["data_dir"], seed=_data_seed(resolved["seed"], start_step))
+        if resolved.get("epochs") is not None and resolved.get("steps") is None:
+            if not dataset.num_examples:
+                raise RunError(f"`epochs` needs the size of data set {resolved['dataset']!r}, which is unknown; "
+                               "give `steps` instead")
+            resolved["steps"] = resolved["epochs"] * (dataset.num_examples // resolved["batch_size"])
+        # One Keras epoch (a progress line, a checkpoint): a pass over the data with
+        # `epochs`, else at most MAX_STEPS_PER_EPOCH steps; a resumed run keeps its epochs.
+        steps_per_epoch = resolved.get("steps_per_epoch")
+        if not steps_per_epoch:
+            total = resolved["steps"]
+            steps_per_epoch = (dataset.num_examples // resolved["batch_size"] if resolved.get("epochs")
+                               else math.ceil(total / math.ceil(total / MAX_STEPS_PER_EPOCH)))
+        resolved["steps_per_epoch"] = int(steps_per_epoch)
+        model = _build_model(resolved, preset, dataset, resumed)
+    except BaseException:
+        if created:  # Leave nothing behind when failing before training.
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    write_json(run_file, {k: v for k, v in resolved.items() if k != "jit_compile"})
+
+    total, done = resolved["steps"], int(model.optimizer.iterations)
+    shape = "x".join(map(str, model.image_shape))
+    classes = f"{dataset.num_classes} classes" if model.num_classes else "unconditional"
+    log(f"Training preset {preset.name!r} on {resolved['dataset']} ({shape}, {classes}): steps {done} -> {total}, "
+        f"batch {resolved['batch_size']}, lr {resolved['learning_rate']:g}, T={resolved['num_timesteps']}; "
+        f"writing to {out}")
+    history, fit_seconds = {}, 0.0
+    if done < total:
+        fit_begin = time.time()
+        history = model.fit(
+            dataset.batches.repeat(), steps_per_epoch=steps_per_epoch,
+            epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch, shuffle=False,
+            verbose=verbose,
+            callbacks=[callbacks.StopAtStep(total),
+                       callbacks.AtomicCheckpoint(checkpoint, resolved.get("checkpoint_every"))]
+            + _tensorboard(os.path.join(out, LOG_DIR), log)).history
+        fit_seconds = time.time() - fit_begin
+    else:
+        log(f"The checkpoint has already been trained {done} steps (>= {total}); not training.")
+
+    model_path = os.path.join(out, MODEL_FILE)
+    with files.atomic_output(model_path) as tmp:
+        model.save(tmp)
+    guidance_scale = resolved["guidance_scale"] if model.num_classes else 1.0
+    log(f"Sampling {resolved['num_samples']} images ({resolved['sampler'].upper()}, {resolved['sample_steps']} "
+        f"steps, guidance {guidance_scale:g})")
+    labels, columns = grid_layout(resolved["num_samples"], model.num_classes)
+    samples = model.generate(resolved["num_samples"], sampler=resolved["sampler"],
+                             num_steps=resolved["sample_steps"], guidance_scale=guidance_scale,
+                             seed=resolved["seed"], labels=labels, jit_compile=resolved["jit_compile"])
+    images.save_grid(samples, os.path.join(out, SAMPLES_FILE), columns=columns)
+    images.save_grid(images.enlarge(samples), os.path.join(out, SAMPLES_LARGE_FILE), columns=columns, padding=4)
+
+    last = {k: (v[-1] if v else None) for k, v in history.items()}
+    steps_now = int(model.optimizer.iterations)
+    summary = dict(
+        preset=preset.name, dataset=resolved["dataset"], steps=steps_now, steps_this_run=steps_now - done,
+        resumed_from_step=done, batch_size=resolved["batch_size"], learning_rate=resolved["learning_rate"],
+        num_timesteps=resolved["num_timesteps"], seed=resolved["seed"],
+        data_seed=_data_seed(resolved["seed"], done),
+        wall_time_seconds=round(time.time() - begin, 3), train_time_seconds=round(fit_seconds, 3),
+        final_loss=_float_or_none(last.get("loss")), final_mse=_float_or_none(last.get("mse")),
+        final_vb=_float_or_none(last.get("vb")),
+        image_size=model.image_shape[0], channels=model.image_shape[-1], num_classes=model.num_classes,
+        class_names=list(dataset.class_names) if model.num_classes and dataset.class_names else None,
+        samples=dict(file=SAMPLES_FILE, enlarged=SAMPLES_LARGE_FILE, num_images=resolved["num_samples"],
+                     columns=columns, sampler=resolved["sampler"], steps=resolved["sample_steps"],
+                     seed=resolved["seed"], guidance_scale=guidance_scale,
+                     labels=None if labels is None else labels.tolist()),
+    )
+    write_json(os.path.join(out, SUMMARY_FILE), summary)
+    return summary
