@@ -57,7 +57,8 @@ def train(steps=2000, batch_size=64, image_size=8, num_timesteps=100, learning_r
         optimizer.apply(grads, module.trainable_variables)
         return loss
 
-    losses = [float(train_step(x, step)) for step, x in zip(range(steps), data)]
+    # The step as a tensor: a Python int would retrace `train_step` at every step.
+    losses = [float(train_step(x, tf.constant(step, tf.int64))) for step, x in zip(range(steps), data)]
     return module, diffusion, losses
 
 
