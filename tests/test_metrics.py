@@ -89,7 +89,7 @@ def test_fid_streaming_equals_numpy_reference(compiled):
     edges = np.cumsum([0] + [1, 7, 32, 60] * 5)
     for start, stop in zip(edges[:-1], edges[1:]):
         update(real[start:stop].astype(np.float32), generated[start:stop].astype(np.float32))
-    got = float(fid.result())
+    got = float(tf.function(fid.result)() if compiled else fid.result())
     expected = _reference_fid(real.astype(np.float32).astype(np.float64).reshape(300, -1),
                               generated.astype(np.float32).astype(np.float64).reshape(300, -1))
     assert got == pytest.approx(expected, rel=1e-9)
@@ -131,14 +131,16 @@ def test_fid_merge_and_reset_state():
         halves[0].merge_state([metrics.FrechetInceptionDistance(_flatten, feature_dim=3)])
 
 
-def test_kid_matches_numpy_unbiased_mmd():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_kid_matches_numpy_unbiased_mmd(compiled):
     # With subsets as large as both sides, every subset is the whole sample reordered.
     rng = np.random.default_rng(5)
     real, generated = _image_batches(rng, 60, -1, 1), _image_batches(rng, 60, -0.6, 0.9)
     kid = metrics.KernelInceptionDistance(_flatten, feature_dim=12, num_subsets=3, subset_size=100)
+    update = tf.function(kid.update_state) if compiled else kid.update_state
     for start in range(0, 60, 13):
-        kid.update_state(real[start:start + 13], generated[start:start + 13])
-    mean, std = kid.result_with_std()
+        update(real[start:start + 13], generated[start:start + 13])
+    mean, std = tf.function(kid.result_with_std)() if compiled else kid.result_with_std()
     expected = _reference_mmd2(real.reshape(60, -1), generated.reshape(60, -1))
     assert float(mean) == pytest.approx(expected, rel=1e-6)
     assert float(std) == pytest.approx(0.0, abs=1e-9)
@@ -285,6 +287,8 @@ def test_fewer_than_two_images_fail_clearly(metric_class):
     metric.update_state(np.zeros([5, 2, 2, 3]), np.zeros([1, 2, 2, 3]))
     with pytest.raises(ValueError, match=r"at least 2 .*generated.*Received: .*1 generated"):
         metric.result()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"at least 2 .*generated"):
+        tf.function(metric.result)()
 
 
 def test_bad_extractors_and_arguments_fail_clearly():
