@@ -94,22 +94,25 @@ SCHEDULE_CONFIGS = {
                             prediction_type="v_prediction"),
 }
 
-# One DDPMScheduler.step each: (config, t, learned variance channels).
+# One DDPMScheduler.step each: (config, t). Not t near 0: diffusers computes
+# 1 - alpha_bar_t in float32, which loses digits as alpha_bar_t nears 1.
 DDPM_STEPS = {
     "epsilon_fixed_small": (dict(prediction_type="epsilon", variance_type="fixed_small",
                                  clip_sample=True), 500),
     "v_fixed_large": (dict(prediction_type="v_prediction", variance_type="fixed_large",
-                           clip_sample=False, beta_schedule="squaredcos_cap_v2"), 1),
+                           clip_sample=False, beta_schedule="squaredcos_cap_v2"), 100),
     "sample_learned_range": (dict(prediction_type="sample", variance_type="learned_range",
                                   clip_sample=True), 700),
 }
 
-# A DDIMScheduler chain each: (config, inference steps).
+# A DDIMScheduler chain each: (config, inference steps). diffusers' DDIM steps
+# from t to t - T // steps, which is the next timestep of its own "trailing"
+# list only when steps divides T (tfdiffusion always steps to the next one).
 DDIM_CHAINS = {
     "epsilon_clip_leading": (dict(prediction_type="epsilon", clip_sample=True), 4),
     "v_trailing": (dict(prediction_type="v_prediction", clip_sample=False,
                         timestep_spacing="trailing", beta_schedule="scaled_linear",
-                        beta_start=0.00085, beta_end=0.012), 3),
+                        beta_start=0.00085, beta_end=0.012), 4),
 }
 
 BATCH = 2
