@@ -2,6 +2,8 @@
 
 from tfdiffusion.bounds import discretized_gaussian_log_likelihood
 from tfdiffusion.bounds import normal_kl
+from tfdiffusion.convert import convert_diffusers
+from tfdiffusion.convert import from_diffusers
 from tfdiffusion.data import ImageDataset
 from tfdiffusion.data import load_image_folder
 from tfdiffusion.data import load_shapes
@@ -29,7 +31,9 @@ __all__ = [
     "UNet",
     "build_model",
     "classifier_free_guidance",
+    "convert_diffusers",
     "discretized_gaussian_log_likelihood",
+    "from_diffusers",
     "get_beta_schedule",
     "get_preset",
     "load_image_folder",
