@@ -1,8 +1,6 @@
 """`UNet`: the DDPM/ADM noise-prediction network as a Keras model."""
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from tfdiffusion.nn.attention import AttentionBlock
@@ -14,39 +12,14 @@ from tfdiffusion.nn.res_block import ResBlock
 from tfdiffusion.nn.resample import Downsample
 from tfdiffusion.nn.resample import DOWNSAMPLE_PADDINGS
 from tfdiffusion.nn.resample import Upsample
+from tfdiffusion.nn.unet_checks import check_labels
+from tfdiffusion.nn.unet_checks import check_positive_int
+from tfdiffusion.nn.unet_checks import format_shape
+from tfdiffusion.nn.unet_checks import int_tuple
 from tfdiffusion.validation import check_bool
 from tfdiffusion.validation import check_choice
 from tfdiffusion.validation import check_number
 from tfdiffusion.validation import check_optional_int
-
-
-def _check_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-
-
-def _int_tuple(name, values):
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = None
-    if values is None or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
-    ):
-        raise ValueError(
-            f"`{name}` must be a sequence of positive integers. "
-            f"Received: {name}={values!r}"
-        )
-    return values
-
-
-def _format_shape(shape):
-    """`(None, 32, 32, 3)` -> "[B, 32, 32, 3]" for error messages."""
-    dims = ["B" if i == 0 else str(d) for i, d in enumerate(shape)]
-    return "[" + ", ".join(dims) + "]"
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -175,13 +148,13 @@ class UNet(keras.Model):
             min_inclusive=False)
         check_choice("downsample_padding", downsample_padding,
                      DOWNSAMPLE_PADDINGS)
-        _check_positive_int("image_size", image_size)
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("base_channels", base_channels)
-        _check_positive_int("num_res_blocks", num_res_blocks)
-        _check_positive_int("num_heads", num_heads)
-        channel_mult = _int_tuple("channel_mult", channel_mult)
-        attention_resolutions = _int_tuple(
+        check_positive_int("image_size", image_size)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("base_channels", base_channels)
+        check_positive_int("num_res_blocks", num_res_blocks)
+        check_positive_int("num_heads", num_heads)
+        channel_mult = int_tuple("channel_mult", channel_mult)
+        attention_resolutions = int_tuple(
             "attention_resolutions", attention_resolutions
         )
         if not channel_mult:
@@ -190,7 +163,7 @@ class UNet(keras.Model):
                 f"Received: channel_mult={channel_mult}"
             )
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
+            check_positive_int("num_classes", num_classes)
         if not isinstance(learn_sigma, bool):
             raise ValueError(
                 "`learn_sigma` must be True or False. "
@@ -393,8 +366,8 @@ class UNet(keras.Model):
         ):
             raise ValueError(
                 "UNet expected images of shape "
-                f"{_format_shape((None,) + expected)}, "
-                f"received {_format_shape(shape)}"
+                f"{format_shape((None,) + expected)}, "
+                f"received {format_shape(shape)}"
             )
 
     def build(self, input_shape):
@@ -438,7 +411,7 @@ class UNet(keras.Model):
         if self.center_input:
             x = 2.0 * x - 1.0
         emb = self.time_embedding(t)
-        y = self._check_labels(y)
+        y = check_labels(y, self.num_classes)
         if y is not None:
             emb = emb + self.label_embedding(y)
 
@@ -451,53 +424,6 @@ class UNet(keras.Model):
             return ops.concatenate([h, skip], axis=-1)
 
         return self._forward(x, emb, apply, concat)
-
-    def _check_labels(self, y):
-        """Checks `y` against the conditioning mode; returns it as a tensor."""
-        if self.num_classes is None:
-            if y is not None:
-                raise ValueError(
-                    "This UNet is unconditional (num_classes=None) but labels "
-                    "`y` were given. Build it with `num_classes` to condition "
-                    "on classes."
-                )
-            return None
-        if y is None:
-            raise ValueError(
-                f"This UNet is class-conditional (num_classes="
-                f"{self.num_classes}) and needs labels `y`: int32 [B] in "
-                f"[0, {self.num_classes}], where {self.null_label} is the "
-                "null label. Received: y=None"
-            )
-        y = ops.convert_to_tensor(y)
-        if "int" not in str(y.dtype):
-            raise TypeError(
-                f"`y` must be an integer tensor. Received dtype {y.dtype}"
-            )
-        if y.shape.rank not in (1, None):
-            raise ValueError(
-                "`y` must be a vector of labels, shape [B]. "
-                f"Received shape {tuple(y.shape)}"
-            )
-        if tf.executing_eagerly():
-            values = np.asarray(y)
-            bad = values[(values < 0) | (values > self.num_classes)]
-            if bad.size:
-                raise ValueError(
-                    f"Labels `y` must be in [0, {self.num_classes}] "
-                    f"({self.null_label} is the null label). "
-                    f"Received out-of-range labels {sorted(set(bad.tolist()))}"
-                )
-        else:
-            message = (
-                f"Labels `y` must be in [0, {self.num_classes}] "
-                f"({self.null_label} is the null label)."
-            )
-            tf.debugging.assert_non_negative(y, message=message)
-            tf.debugging.assert_less_equal(
-                y, tf.cast(self.num_classes, y.dtype), message=message
-            )
-        return y
 
     def compute_output_shape(self, x_shape, t_shape=None, y_shape=None):
         return tuple(x_shape[:-1]) + (self.out_channels,)
