@@ -294,6 +294,26 @@ def test_labels_for_an_unconditional_model(unconditional_model, dirs, capsys):
     assert not os.path.exists(npz)
 
 
+# ------------------------------------------------------------------ convert
+def test_convert_from_diffusers_writes_a_loadable_model(tmp_path):
+    from tests.convert.reference import make_pipeline
+
+    folder = make_pipeline(tmp_path, "deep_scale_shift")
+    target = tmp_path / "converted.keras"
+    result = subprocess.run(command("convert", "--from-diffusers", folder, "--output", target),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Wrote {target}" in result.stdout and "M parameters" in result.stdout
+    assert isinstance(keras.models.load_model(target), tfdiffusion.DiffusionModel)
+    again = subprocess.run(command("convert", "--from-diffusers", folder, "--output", target),
+                           capture_output=True, text=True, timeout=600)
+    assert_user_error(again, "exists", "--overwrite")
+    missing = subprocess.run(command("convert", "--from-diffusers", tmp_path / "nothing", "--output",
+                                     tmp_path / "x.keras"), capture_output=True, text=True, timeout=600)
+    assert_user_error(missing, "nothing")
+    assert not os.path.exists(tmp_path / "x.keras")
+
+
 # ------------------------------------------------------------------ console
 def test_native_chatter_is_recognised_and_real_errors_are_not():
     from tfdiffusion import console
@@ -330,6 +350,7 @@ EXPECTED_FLAGS = {
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],
     "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",
                  "--num-batches", "--seed"],
+    "convert": ["--from-diffusers", "--output", "--overwrite"],
 }
 
 

@@ -12,6 +12,8 @@ if _os.path.basename(getattr(_sys, "argv", [""])[0] or "") == "tfdiffusion" and 
 
 from tfdiffusion.bounds import discretized_gaussian_log_likelihood
 from tfdiffusion.bounds import normal_kl
+from tfdiffusion.convert import convert_diffusers
+from tfdiffusion.convert import from_diffusers
 from tfdiffusion.data import ImageDataset
 from tfdiffusion.data import load_dataset
 from tfdiffusion.data import load_image_folder
@@ -49,7 +51,9 @@ __all__ = [
     "UNet",
     "build_model",
     "classifier_free_guidance",
+    "convert_diffusers",
     "discretized_gaussian_log_likelihood",
+    "from_diffusers",
     "get_beta_schedule",
     "get_preset",
     "get_sampler",

@@ -70,12 +70,14 @@ class DiffusionModel(keras.Model):
         seed: base seed (int) of the training noise and timesteps.
         spacing: default timestep spacing of `generate` ("leading",
             "trailing", "linspace").
+        clip_denoised: default of `generate`'s `clip_denoised` (clip each
+            predicted x_0 to [-1, 1]).
     """
 
     def __init__(self, network: keras.Model, diffusion: Any, ema_decay: float = 0.9999,
                  label_dropout: float = 0.1, timestep_sampler: str = "uniform",
                  image_shape: Optional[Sequence[int]] = None, seed: int = 0, spacing: str = "leading",
-                 **kwargs):
+                 clip_denoised: bool = True, **kwargs):
         super().__init__(**kwargs)
         if isinstance(diffusion, dict):
             diffusion = GaussianDiffusion.from_config(diffusion)
@@ -86,6 +88,7 @@ class DiffusionModel(keras.Model):
                                                      max_inclusive=False)
         self.seed = tfd_random.check_seed(seed)
         self.spacing = validation.check_choice("spacing", spacing, schedules.SPACINGS)
+        self.clip_denoised = validation.check_bool("clip_denoised", clip_denoised)
         if image_shape is None:
             if not hasattr(network, "image_size") or not hasattr(network, "in_channels"):
                 raise ValueError("`image_shape` must be given for a network without `image_size` "
@@ -141,6 +144,7 @@ class DiffusionModel(keras.Model):
             image_shape=list(self.image_shape),
             seed=self.seed,
             spacing=self.spacing,
+            clip_denoised=self.clip_denoised,
         )
         return config
 
@@ -375,7 +379,8 @@ class DiffusionModel(keras.Model):
 
     def generate(self, num_images: int, sampler: str = "ddim", num_steps: int = 50, seed: Optional[int] = None,
                  labels: Any = None, guidance_scale: float = 1.0, eta: Optional[float] = None,
-                 clip_denoised: bool = True, spacing: Optional[str] = None, batch_size: Optional[int] = None,
+                 clip_denoised: Optional[bool] = None, spacing: Optional[str] = None,
+                 batch_size: Optional[int] = None,
                  jit_compile: Optional[bool] = None,
                  progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
         """Samples images with the EMA weights.
@@ -392,7 +397,8 @@ class DiffusionModel(keras.Model):
                 conditional networks only.
             eta: DDIM noise (None: the sampler's default, 0); only for
                 samplers that take it.
-            clip_denoised: clip predicted x_0 to [-1, 1] at each step.
+            clip_denoised: clip predicted x_0 to [-1, 1] at each step (None:
+                the model's `clip_denoised`).
             spacing: "leading", "trailing" or "linspace" (None: the model's
                 `spacing`).
             batch_size: images per network batch (default: all at once).
@@ -407,7 +413,8 @@ class DiffusionModel(keras.Model):
         num_images = validation.check_int("num_images", num_images)
         seed = tfd_random.check_seed(seed)
         guidance_scale = validation.check_number("guidance_scale", guidance_scale)
-        validation.check_bool("clip_denoised", clip_denoised)
+        clip_denoised = self.clip_denoised if clip_denoised is None else validation.check_bool(
+            "clip_denoised", clip_denoised)
         batch_size = validation.check_int("batch_size", num_images if batch_size is None else batch_size)
         if jit_compile is None:
             jit_compile = not tf.distribute.has_strategy() and self.distribute_strategy.num_replicas_in_sync == 1

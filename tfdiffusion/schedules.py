@@ -6,7 +6,10 @@ import numpy as np
 
 from tfdiffusion import validation
 
-__all__ = ["SCHEDULES", "SPACINGS", "get_beta_schedule", "space_timesteps"]
+__all__ = [
+    "SCHEDULES", "SPACINGS", "get_beta_schedule", "linear_betas", "rescale_zero_terminal_snr",
+    "scaled_linear_betas", "space_timesteps",
+]
 
 SCHEDULES = ("linear", "cosine")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -93,3 +96,69 @@ def space_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading"
     if num_steps == 1:
         return np.zeros([1], np.int64)
     return _round_half_even_div((num_timesteps - 1) * steps, num_steps - 1)
+
+
+def _check_beta_range(beta_start, beta_end):
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        validation.check_number(name, value, 0.0, 1.0, min_inclusive=False, max_inclusive=False)
+
+
+def linear_betas(num_timesteps, beta_start=1e-4, beta_end=0.02):
+    """Betas evenly spaced from `beta_start` to `beta_end`, without DDPM's 1000 / T scaling.
+
+    diffusers' "linear" schedule (`get_beta_schedule("linear", T)` instead
+    scales both ends by 1000 / T; the two agree at T = 1000).
+
+    Args:
+        num_timesteps: T.
+        beta_start: first beta, in (0, 1).
+        beta_end: last beta, in (0, 1).
+
+    Returns:
+        float64 numpy array `[T]`.
+    """
+    validation.check_int("num_timesteps", num_timesteps)
+    _check_beta_range(beta_start, beta_end)
+    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def scaled_linear_betas(num_timesteps, beta_start=0.00085, beta_end=0.012):
+    """Betas whose square roots are evenly spaced (latent diffusion's "scaled_linear").
+
+    beta_t = (sqrt(beta_start) + t / (T - 1) * (sqrt(beta_end) - sqrt(beta_start)))^2.
+
+    Returns:
+        float64 numpy array `[T]`.
+    """
+    validation.check_int("num_timesteps", num_timesteps)
+    _check_beta_range(beta_start, beta_end)
+    return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
+
+
+def rescale_zero_terminal_snr(betas):
+    """Rescales betas so that the last step has zero SNR (alpha_bar_T = 0).
+
+    sqrt(alpha_bar) is shifted so that its last value is 0 and scaled so
+    that its first value is unchanged; the betas are recovered from the
+    rescaled alpha_bar. The last beta becomes exactly 1.
+
+    Args:
+        betas: 1-D array `[T]` of betas in (0, 1), T >= 2.
+
+    Returns:
+        float64 numpy array `[T]`; the last entry is 1.
+
+    References:
+        Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+        are Flawed", Algorithm 1.
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.size < 2 or not np.all((betas > 0) & (betas < 1)):
+        raise ValueError("`betas` must be a 1-D array of at least 2 values in (0, 1). "
+                         f"Received shape {betas.shape}")
+    sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    abar = sqrt_abar**2
+    alphas = np.append(abar[0], abar[1:] / abar[:-1])
+    return 1.0 - alphas

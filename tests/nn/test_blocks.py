@@ -103,8 +103,10 @@ def test_res_block_config_and_save(tmp_path):
 def test_res_block_rejects_groups_not_dividing_channels():
     with pytest.raises(ValueError, match="num_groups=32, channels=48"):
         ResBlock(48, num_groups=32)
-    with pytest.raises(ValueError, match="use_scale_shift_norm=1"):
+    with pytest.raises(TypeError, match="use_scale_shift_norm=1"):
         ResBlock(16, num_groups=8, use_scale_shift_norm=1)
+    with pytest.raises(TypeError, match="out_channels=True"):  # was accepted as 1 channel
+        ResBlock(True, num_groups=1)
     with pytest.raises(ValueError, match="num_groups=8, channels=12"):
         ResBlock(16, num_groups=8)(X[..., :12], EMB)
 

@@ -40,8 +40,10 @@ def test_timestep_embedding_matches_reference(dim, max_period):
 
 
 def test_timestep_embedding_rejects_bad_dim():
-    with pytest.raises(ValueError, match="`dim` must be a positive integer"):
+    with pytest.raises(ValueError, match="`dim` must be an integer >= 1. Received: dim=0"):
         timestep_embedding(np.zeros(2, np.int32), 0)
+    with pytest.raises(TypeError, match="dim=8.0"):
+        timestep_embedding(np.zeros(2, np.int32), 8.0)
 
 
 def test_timestep_embedding_layer_shape_config_and_save(tmp_path):

@@ -45,5 +45,7 @@ def test_group_norm_mixed_precision_and_errors(tmp_path):
     check_layer_save_load(layer, [x], tmp_path)
     with pytest.raises(ValueError, match="num_groups=3, channels=8"):
         GroupNorm(3)(x)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="integer >= 1. Received: num_groups=0"):
         GroupNorm(0)
+    with pytest.raises(TypeError, match="num_groups=True"):
+        GroupNorm(True)

@@ -12,7 +12,8 @@ from tfdiffusion.training import RunError
 
 __all__ = ["CLIError", "build_parser", "main"]
 
-_HANDLERS = {"train": commands.train, "sample": commands.sample, "evaluate": commands.evaluate}
+_HANDLERS = {"train": commands.train, "sample": commands.sample, "evaluate": commands.evaluate,
+             "convert": commands.convert}
 
 
 def _one_line(error):

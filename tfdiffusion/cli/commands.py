@@ -14,11 +14,12 @@ import tensorflow as tf
 from tfdiffusion import data
 from tfdiffusion import images
 from tfdiffusion import training
+from tfdiffusion.convert import convert_diffusers
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
 from tfdiffusion.cli.parser import CLIError
 from tfdiffusion.loading import load_model
 
-__all__ = ["evaluate", "sample", "train"]
+__all__ = ["convert", "evaluate", "sample", "train"]
 
 
 def _one_line(error):
@@ -168,4 +169,16 @@ def evaluate(args):
                       bpd_estimate=("full T-step bound" if bpd_steps >= T else f"stratified {bpd_steps}-step estimate"))
     report.update(loss=float(results["loss"]), mse=float(results["mse"]), vb=float(results["vb"]), seed=args.seed)
     print(json.dumps(report, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- convert
+def convert(args):
+    try:
+        model = convert_diffusers(args.from_diffusers, args.output, overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError) as error:
+        raise CLIError(_one_line(error)) from None
+    print(f"Wrote {args.output}: {model.network.count_params() / 1e6:.1f}M parameters, "
+          f"T={model.diffusion.num_timesteps}, {model.diffusion.model_mean_type} prediction, "
+          f"sampling spacing {model.spacing!r}")
     return 0

@@ -247,6 +247,23 @@ def build_parser():
                           help="seed of the evaluation noise and timesteps (default: 0)")
     _add_jit_flag(evaluate, "Keras' 'auto': XLA except on CPU-only machines")
     evaluate.set_defaults(command_name="evaluate")
+
+    # ---------------------------------------------------------------- convert
+    convert = commands.add_parser(
+        "convert", help="convert another library's pretrained model into a .keras file",
+        description=(
+            "Read a diffusers UNet2DModel with its DDPM/DDIM scheduler (a pipeline folder with unet/ and "
+            "scheduler/, or those files at the top level) into a tfdiffusion DiffusionModel and write it "
+            "as a .keras file, atomically. No PyTorch needed. Anything the converter does not "
+            "understand is an error naming the key."))
+    convert.add_argument("--from-diffusers", metavar="PATH", required=True,
+                         help="diffusers model folder, or a hub id such as google/ddpm-cifar10-32 when "
+                         "huggingface_hub is installed and online (required)")
+    convert.add_argument("--output", metavar="FILE.keras", required=True,
+                         help="the .keras file to write (required)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace an existing --output (default: refuse)")
+    convert.set_defaults(command_name="convert")
     return parser
 
 

@@ -5,7 +5,11 @@ import tensorflow as tf
 from keras import ops
 
 from tfdiffusion.nn.normalization import check_num_groups
+from tfdiffusion.nn.normalization import GROUP_NORM_EPSILON
 from tfdiffusion.nn.normalization import GroupNorm
+from tfdiffusion.validation import check_bool
+from tfdiffusion.validation import check_int
+from tfdiffusion.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -17,10 +21,18 @@ class AttentionBlock(keras.layers.Layer):
     output projection is zero-initialised (as in ADM), so a fresh block is the
     identity. The softmax runs in float32 even under mixed precision.
 
+    Options for diffusers' `Attention` block: `use_norm=False` drops the
+    GroupNorm (`n = x`), and `output_scale_factor` s divides the output,
+    `(x + proj(...)) / s`.
+
     Args:
         num_heads: Number of attention heads; must divide the channel count.
             DDPM uses 1.
         num_groups: GroupNorm groups; must divide the channel count.
+        epsilon: GroupNorm epsilon (DDPM: 1e-6).
+        use_norm: Whether the input is group-normalized before the q, k, v
+            projections.
+        output_scale_factor: Positive divisor of the output.
         **kwargs: Passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -34,23 +46,28 @@ class AttentionBlock(keras.layers.Layer):
         Networks".
     """
 
-    def __init__(self, num_heads=1, num_groups=32, **kwargs):
+    def __init__(self, num_heads=1, num_groups=32, epsilon=GROUP_NORM_EPSILON,
+                 use_norm=True, output_scale_factor=1.0, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(
-                "`num_heads` must be a positive integer. "
-                f"Received: num_heads={num_heads!r}"
-            )
+        num_heads = check_int("num_heads", num_heads)
         check_num_groups(num_groups)
         self.num_heads = num_heads
         self.num_groups = num_groups
-        self.norm = GroupNorm(num_groups, dtype=self.dtype_policy, name="norm")
+        self.epsilon = check_number("epsilon", epsilon, 0.0, min_inclusive=False)
+        self.use_norm = check_bool("use_norm", use_norm)
+        self.output_scale_factor = check_number(
+            "output_scale_factor", output_scale_factor, 0.0, min_inclusive=False)
+        self.norm = None
+        if use_norm:
+            self.norm = GroupNorm(
+                num_groups, self.epsilon, dtype=self.dtype_policy, name="norm")
         # The projections are created in build() once C is known.
         self.query = self.key = self.value = self.proj_out = None
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        check_num_groups(self.num_groups, channels)
+        if self.use_norm:
+            check_num_groups(self.num_groups, channels)
         if channels % self.num_heads:
             raise ValueError(
                 "`num_heads` must divide the channel count. "
@@ -70,7 +87,8 @@ class AttentionBlock(keras.layers.Layer):
         self.value = dense("value")
         self.proj_out = dense("proj_out", "zeros")
         flat_shape = (input_shape[0], None, channels)
-        self.norm.build(input_shape)
+        if self.norm is not None:
+            self.norm.build(input_shape)
         for layer in (self.query, self.key, self.value, self.proj_out):
             layer.build(flat_shape)
 
@@ -79,7 +97,8 @@ class AttentionBlock(keras.layers.Layer):
         length = height * width
         head_dim = channels // self.num_heads
         # [B, N, C] with N = H * W: a free reshape; projections are matmuls.
-        h = ops.reshape(self.norm(x), (batch, length, channels))
+        normed = x if self.norm is None else self.norm(x)
+        h = ops.reshape(normed, (batch, length, channels))
         # Scale q and k by d^-1/4 each rather than the logits by d^-1/2, so
         # that float16 logits do not overflow (ADM's QKVAttention).
         scale = head_dim**-0.25
@@ -99,8 +118,10 @@ class AttentionBlock(keras.layers.Layer):
         out = ops.reshape(
             tf.transpose(out, (0, 2, 1, 3)), (batch, length, channels)
         )
-        out = self.proj_out(out)
-        return x + ops.reshape(out, (batch, height, width, channels))
+        out = x + ops.reshape(self.proj_out(out), (batch, height, width, channels))
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -108,6 +129,12 @@ class AttentionBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"num_heads": self.num_heads, "num_groups": self.num_groups}
+            {
+                "num_heads": self.num_heads,
+                "num_groups": self.num_groups,
+                "epsilon": self.epsilon,
+                "use_norm": self.use_norm,
+                "output_scale_factor": self.output_scale_factor,
+            }
         )
         return config

@@ -6,20 +6,27 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfdiffusion.validation import check_bool
+from tfdiffusion.validation import check_int
 
-def timestep_embedding(t, dim, max_period=10000):
+
+def timestep_embedding(t, dim, max_period=10000, flip_sin_to_cos=True,
+                       freq_shift=0):
     """Sinusoidal embedding of (possibly fractional) timesteps.
 
-    Follows ADM (Dhariwal & Nichol 2021, `timestep_embedding`): with
-    `half = dim // 2` and frequencies
-    `f_i = exp(-log(max_period) * i / half)` for `i = 0, ..., half - 1`,
+    Follows ADM (Dhariwal & Nichol 2021, `timestep_embedding`) by default:
+    with `half = dim // 2` and frequencies
+    `f_i = exp(-log(max_period) * i / (half - freq_shift))` for
+    `i = 0, ..., half - 1`,
 
         emb[:, i]        = cos(t * f_i)
         emb[:, half + i] = sin(t * f_i)
 
     i.e. the first half holds cosines and the second half sines. If `dim` is
-    odd the last column is zero. (DDPM's original code puts sines first and
-    divides by `half - 1`; the network learns either equally well.)
+    odd the last column is zero. DDPM's original code puts sines first and
+    divides by `half - 1`: `flip_sin_to_cos=False, freq_shift=1` (the
+    diffusers names of these two options; its ports of the DDPM checkpoints
+    use those values).
 
     The frequencies are computed in float64 and cast once; the result is
     float32 whatever the dtype policy.
@@ -28,6 +35,10 @@ def timestep_embedding(t, dim, max_period=10000):
         t: Timesteps, shape `[B]`, any real or integer dtype.
         dim: Embedding width, a positive integer.
         max_period: Controls the lowest frequency, `1 / max_period`.
+        flip_sin_to_cos: Cosines first (True, ADM) or sines first (False,
+            DDPM).
+        freq_shift: Subtracted from `half` in the frequency exponent's
+            denominator (0: ADM; 1: DDPM); must be below `half`.
 
     Returns:
         float32 tensor `[B, dim]` with entries in [-1, 1].
@@ -36,19 +47,20 @@ def timestep_embedding(t, dim, max_period=10000):
         Vaswani et al. 2017, "Attention Is All You Need", Sec. 3.5;
         Ho et al. 2020, "Denoising Diffusion Probabilistic Models", App. B.
     """
-    if not isinstance(dim, int) or dim < 1:
-        raise ValueError(
-            f"`dim` must be a positive integer. Received: dim={dim!r}"
-        )
+    check_int("dim", dim)
     if max_period <= 0:
         raise ValueError(
             "`max_period` must be positive. "
             f"Received: max_period={max_period!r}"
         )
+    check_bool("flip_sin_to_cos", flip_sin_to_cos)
     half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half) / half)
+    check_int("freq_shift", freq_shift, minimum=0,
+              maximum=max(half - 1, 0))
+    freqs = np.exp(-math.log(max_period) * np.arange(half) / (half - freq_shift))
     args = ops.cast(t, "float32")[:, None] * freqs.astype("float32")[None, :]
-    emb = ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
+    pair = [ops.cos(args), ops.sin(args)]
+    emb = ops.concatenate(pair if flip_sin_to_cos else pair[::-1], axis=-1)
     if dim % 2:
         emb = ops.pad(emb, [[0, 0], [0, 1]])
     return emb
@@ -63,6 +75,9 @@ class TimestepEmbedding(keras.layers.Layer):
             `base_channels`).
         output_dim: Width of both Dense layers (DDPM: `4 * base_channels`).
         max_period: Passed to `timestep_embedding`.
+        flip_sin_to_cos: Passed to `timestep_embedding` (True: cosines
+            first).
+        freq_shift: Passed to `timestep_embedding` (0 or, for DDPM, 1).
         **kwargs: Passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -73,18 +88,19 @@ class TimestepEmbedding(keras.layers.Layer):
         applied to the output; each ResBlock applies its own SiLU.
     """
 
-    def __init__(self, sinusoid_dim, output_dim, max_period=10000, **kwargs):
+    def __init__(self, sinusoid_dim, output_dim, max_period=10000,
+                 flip_sin_to_cos=True, freq_shift=0, **kwargs):
         super().__init__(**kwargs)
         for arg, value in (("sinusoid_dim", sinusoid_dim),
                            ("output_dim", output_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"`{arg}` must be a positive integer. "
-                    f"Received: {arg}={value!r}"
-                )
+            check_int(arg, value)
         self.sinusoid_dim = sinusoid_dim
         self.output_dim = output_dim
         self.max_period = max_period
+        self.flip_sin_to_cos = check_bool("flip_sin_to_cos", flip_sin_to_cos)
+        self.freq_shift = check_int(
+            "freq_shift", freq_shift, minimum=0,
+            maximum=max(sinusoid_dim // 2 - 1, 0))
         self.dense_1 = keras.layers.Dense(
             output_dim, dtype=self.dtype_policy, name="dense_1"
         )
@@ -98,7 +114,8 @@ class TimestepEmbedding(keras.layers.Layer):
         self.dense_2.build((batch, self.output_dim))
 
     def call(self, t, training=None):
-        emb = timestep_embedding(t, self.sinusoid_dim, self.max_period)
+        emb = timestep_embedding(t, self.sinusoid_dim, self.max_period,
+                                 self.flip_sin_to_cos, self.freq_shift)
         emb = keras.activations.silu(self.dense_1(emb))
         return self.dense_2(emb)
 
@@ -112,6 +129,8 @@ class TimestepEmbedding(keras.layers.Layer):
                 "sinusoid_dim": self.sinusoid_dim,
                 "output_dim": self.output_dim,
                 "max_period": self.max_period,
+                "flip_sin_to_cos": self.flip_sin_to_cos,
+                "freq_shift": self.freq_shift,
             }
         )
         return config

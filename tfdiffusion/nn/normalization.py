@@ -4,6 +4,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfdiffusion.validation import check_int
+
 # DDPM's reference code uses `tf.contrib.layers.group_norm`, whose epsilon is
 # 1e-6 (diffusers' port of the DDPM checkpoints keeps `norm_eps=1e-6`).
 GROUP_NORM_EPSILON = 1e-6
@@ -21,13 +23,7 @@ def check_num_groups(num_groups, channels=None):
         ValueError: If `num_groups` is not a positive integer dividing
             `channels`.
     """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or (
-        num_groups < 1
-    ):
-        raise ValueError(
-            "`num_groups` must be a positive integer. "
-            f"Received: num_groups={num_groups!r}"
-        )
+    check_int("num_groups", num_groups)
     if channels is not None and channels % num_groups:
         raise ValueError(
             "`num_groups` must divide every block's channel count. "

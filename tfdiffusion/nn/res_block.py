@@ -3,7 +3,11 @@
 import keras
 
 from tfdiffusion.nn.normalization import check_num_groups
+from tfdiffusion.nn.normalization import GROUP_NORM_EPSILON
 from tfdiffusion.nn.normalization import GroupNorm
+from tfdiffusion.validation import check_bool
+from tfdiffusion.validation import check_int
+from tfdiffusion.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -17,7 +21,8 @@ class ResBlock(keras.layers.Layer):
     conditioning) the embedding is projected to a scale and a shift instead,
     and the second norm becomes `GroupNorm(h) * (1 + scale) + shift`. The
     second convolution is zero-initialised (as in ADM), so a fresh block
-    computes `skip(x)`.
+    computes `skip(x)`. With `output_scale_factor` s the output is
+    `(skip(x) + h) / s` (diffusers' `output_scale_factor`; 1 by default).
 
     Args:
         out_channels: Output channel count.
@@ -43,37 +48,29 @@ class ResBlock(keras.layers.Layer):
     """
 
     def __init__(self, out_channels, dropout=0.0, num_groups=32, use_scale_shift_norm=False,
-                 **kwargs):
+                 epsilon=GROUP_NORM_EPSILON, output_scale_factor=1.0, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(
-                "`out_channels` must be a positive integer. "
-                f"Received: out_channels={out_channels!r}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
-            )
+        out_channels = check_int("out_channels", out_channels)
+        dropout = check_number("dropout", dropout, 0.0, 1.0, max_inclusive=False)
         check_num_groups(num_groups, out_channels)
-        if not isinstance(use_scale_shift_norm, bool):
-            raise ValueError(
-                "`use_scale_shift_norm` must be True or False. "
-                f"Received: use_scale_shift_norm={use_scale_shift_norm!r}"
-            )
+        check_bool("use_scale_shift_norm", use_scale_shift_norm)
         self.use_scale_shift_norm = use_scale_shift_norm
+        self.epsilon = check_number("epsilon", epsilon, 0.0, min_inclusive=False)
+        self.output_scale_factor = check_number(
+            "output_scale_factor", output_scale_factor, 0.0, min_inclusive=False)
         self.out_channels = out_channels
         self.dropout = dropout
         self.num_groups = num_groups
 
         dtype = self.dtype_policy
-        self.norm_1 = GroupNorm(num_groups, dtype=dtype, name="norm_1")
+        self.norm_1 = GroupNorm(num_groups, self.epsilon, dtype=dtype, name="norm_1")
         self.conv_1 = keras.layers.Conv2D(
             out_channels, 3, padding="same", dtype=dtype, name="conv_1"
         )
         self.emb_proj = keras.layers.Dense(
             out_channels * (2 if use_scale_shift_norm else 1), dtype=dtype, name="emb_proj"
         )
-        self.norm_2 = GroupNorm(num_groups, dtype=dtype, name="norm_2")
+        self.norm_2 = GroupNorm(num_groups, self.epsilon, dtype=dtype, name="norm_2")
         self.dropout_layer = keras.layers.Dropout(
             dropout, dtype=dtype, name="dropout"
         )
@@ -115,6 +112,8 @@ class ResBlock(keras.layers.Layer):
         h = self.dropout_layer(silu(h), training=training)
         h = self.conv_2(h)
         skip = x if self.skip is None else self.skip(x)
+        if self.output_scale_factor != 1.0:
+            return (skip + h) / self.output_scale_factor
         return skip + h
 
     def compute_output_shape(self, x_shape, emb_shape):
@@ -128,6 +127,8 @@ class ResBlock(keras.layers.Layer):
                 "dropout": self.dropout,
                 "num_groups": self.num_groups,
                 "use_scale_shift_norm": self.use_scale_shift_norm,
+                "epsilon": self.epsilon,
+                "output_scale_factor": self.output_scale_factor,
             }
         )
         return config

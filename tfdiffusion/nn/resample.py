@@ -3,15 +3,22 @@
 import keras
 from keras import ops
 
+from tfdiffusion.validation import check_choice
+
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
+
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
 class Downsample(keras.layers.Layer):
     """Halves the resolution with a 3x3 stride-2 convolution (DDPM).
 
-    Padding is TensorFlow's "same" (one extra row/column at the bottom/right
-    for even sizes), as in DDPM's reference code; the channel count is kept.
+    Padding is TensorFlow's "same" by default (one extra row/column at the
+    bottom/right for even sizes), as in DDPM's reference code and diffusers'
+    `downsample_padding=0`; "symmetric" pads one row/column on every side
+    (ADM, diffusers' `downsample_padding=1`). The channel count is kept.
 
     Args:
+        padding: "same" or "symmetric".
         **kwargs: Passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -21,8 +28,9 @@ class Downsample(keras.layers.Layer):
         `[B, H / 2, W / 2, C]`.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, padding="same", **kwargs):
         super().__init__(**kwargs)
+        self.padding = check_choice("padding", padding, DOWNSAMPLE_PADDINGS)
         self.conv = None  # Created in build() once C is known.
 
     def build(self, input_shape):
@@ -36,14 +44,21 @@ class Downsample(keras.layers.Layer):
             input_shape[-1],
             3,
             strides=2,
-            padding="same",
+            padding="same" if self.padding == "same" else "valid",
             dtype=self.dtype_policy,
             name="conv",
         )
         self.conv.build(input_shape)
 
     def call(self, x, training=None):
+        if self.padding == "symmetric":
+            x = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
         return self.conv(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding})
+        return config
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape

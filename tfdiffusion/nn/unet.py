@@ -1,46 +1,25 @@
 """`UNet`: the DDPM/ADM noise-prediction network as a Keras model."""
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from tfdiffusion.nn.attention import AttentionBlock
 from tfdiffusion.nn.embeddings import TimestepEmbedding
 from tfdiffusion.nn.normalization import check_num_groups
+from tfdiffusion.nn.normalization import GROUP_NORM_EPSILON
 from tfdiffusion.nn.normalization import GroupNorm
 from tfdiffusion.nn.res_block import ResBlock
 from tfdiffusion.nn.resample import Downsample
+from tfdiffusion.nn.resample import DOWNSAMPLE_PADDINGS
 from tfdiffusion.nn.resample import Upsample
-
-
-def _check_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-
-
-def _int_tuple(name, values):
-    try:
-        values = tuple(values)
-    except TypeError:
-        values = None
-    if values is None or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values
-    ):
-        raise ValueError(
-            f"`{name}` must be a sequence of positive integers. "
-            f"Received: {name}={values!r}"
-        )
-    return values
-
-
-def _format_shape(shape):
-    """`(None, 32, 32, 3)` -> "[B, 32, 32, 3]" for error messages."""
-    dims = ["B" if i == 0 else str(d) for i, d in enumerate(shape)]
-    return "[" + ", ".join(dims) + "]"
+from tfdiffusion.nn.unet_checks import check_labels
+from tfdiffusion.nn.unet_checks import check_positive_int
+from tfdiffusion.nn.unet_checks import format_shape
+from tfdiffusion.nn.unet_checks import int_tuple
+from tfdiffusion.validation import check_bool
+from tfdiffusion.validation import check_choice
+from tfdiffusion.validation import check_number
+from tfdiffusion.validation import check_optional_int
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -90,6 +69,25 @@ class UNet(keras.Model):
         use_scale_shift_norm: ResBlocks condition on the embedding through
             a scale and shift of their second GroupNorm (ADM) instead of
             adding it (DDPM, the default).
+        flip_sin_to_cos: Timestep sinusoid with cosines first (True, ADM)
+            or sines first (False, DDPM); see `timestep_embedding`.
+        freq_shift: Frequency shift of the timestep sinusoid (0: ADM; 1:
+            DDPM); see `timestep_embedding`.
+        norm_eps: Epsilon of every GroupNorm.
+        downsample_padding: "same" (TF's padding, one row/column at the
+            bottom/right: DDPM, diffusers' `downsample_padding=0`) or
+            "symmetric" (one on every side: ADM, diffusers' 1).
+        num_head_channels: Channels per attention head, or None to use
+            `num_heads` heads everywhere; when set, a block of C channels has
+            `C // num_head_channels` heads (C must be a multiple).
+        middle_attention: Whether the middle block has its AttentionBlock
+            (diffusers' `add_attention`).
+        middle_attention_norm: Whether that AttentionBlock group-normalizes
+            its input (diffusers drops it with scale-shift conditioning).
+        middle_scale_factor: The middle blocks divide their outputs by it
+            (diffusers' `mid_block_scale_factor`).
+        center_input: Map the input x to `2 * x - 1` first (diffusers'
+            `center_input_sample`, for images given in [0, 1]).
         **kwargs: Passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -127,16 +125,36 @@ class UNet(keras.Model):
         num_heads=1,
         num_groups=32,
         use_scale_shift_norm=False,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        norm_eps=GROUP_NORM_EPSILON,
+        downsample_padding="same",
+        num_head_channels=None,
+        middle_attention=True,
+        middle_attention_norm=True,
+        middle_scale_factor=1.0,
+        center_input=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_positive_int("image_size", image_size)
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("base_channels", base_channels)
-        _check_positive_int("num_res_blocks", num_res_blocks)
-        _check_positive_int("num_heads", num_heads)
-        channel_mult = _int_tuple("channel_mult", channel_mult)
-        attention_resolutions = _int_tuple(
+        num_head_channels = check_optional_int(
+            "num_head_channels", num_head_channels)
+        check_bool("middle_attention", middle_attention)
+        check_bool("middle_attention_norm", middle_attention_norm)
+        check_bool("center_input", center_input)
+        norm_eps = check_number("norm_eps", norm_eps, 0.0, min_inclusive=False)
+        middle_scale_factor = check_number(
+            "middle_scale_factor", middle_scale_factor, 0.0,
+            min_inclusive=False)
+        check_choice("downsample_padding", downsample_padding,
+                     DOWNSAMPLE_PADDINGS)
+        check_positive_int("image_size", image_size)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("base_channels", base_channels)
+        check_positive_int("num_res_blocks", num_res_blocks)
+        check_positive_int("num_heads", num_heads)
+        channel_mult = int_tuple("channel_mult", channel_mult)
+        attention_resolutions = int_tuple(
             "attention_resolutions", attention_resolutions
         )
         if not channel_mult:
@@ -145,16 +163,9 @@ class UNet(keras.Model):
                 f"Received: channel_mult={channel_mult}"
             )
         if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
-        if not isinstance(learn_sigma, bool):
-            raise ValueError(
-                "`learn_sigma` must be True or False. "
-                f"Received: learn_sigma={learn_sigma!r}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"`dropout` must be in [0, 1). Received: dropout={dropout!r}"
-            )
+            check_positive_int("num_classes", num_classes)
+        check_bool("learn_sigma", learn_sigma)
+        dropout = check_number("dropout", dropout, 0.0, 1.0, max_inclusive=False)
         factor = 2 ** (len(channel_mult) - 1)
         if image_size % factor:
             raise ValueError(
@@ -176,8 +187,18 @@ class UNet(keras.Model):
         level_channels = [base_channels * m for m in channel_mult]
         for channels in [base_channels] + level_channels:
             check_num_groups(num_groups, channels)
-        for res, channels in zip(resolutions, level_channels):
-            if res in attention_resolutions and channels % num_heads:
+        attention_channels = [
+            c for r, c in zip(resolutions, level_channels)
+            if r in attention_resolutions
+        ] + ([level_channels[-1]] if middle_attention else [])
+        for channels in attention_channels:
+            if num_head_channels is not None and channels % num_head_channels:
+                raise ValueError(
+                    "`num_head_channels` must divide the channel count of "
+                    "every attention block. Received: num_head_channels="
+                    f"{num_head_channels}, channels={channels}"
+                )
+            if num_head_channels is None and channels % num_heads:
                 raise ValueError(
                     "`num_heads` must divide the channel count of every "
                     f"attention block. Received: num_heads={num_heads}, "
@@ -196,22 +217,36 @@ class UNet(keras.Model):
         self.num_heads = num_heads
         self.num_groups = num_groups
         self.use_scale_shift_norm = use_scale_shift_norm
+        self.flip_sin_to_cos = flip_sin_to_cos
+        self.freq_shift = freq_shift
+        self.norm_eps = norm_eps
+        self.downsample_padding = downsample_padding
+        self.num_head_channels = num_head_channels
+        self.middle_attention = middle_attention
+        self.middle_attention_norm = middle_attention_norm
+        self.middle_scale_factor = middle_scale_factor
+        self.center_input = center_input
         self.out_channels = in_channels * (2 if learn_sigma else 1)
 
         dtype = self.dtype_policy
         emb_dim = 4 * base_channels
 
-        def res_block(channels, name):
+        def res_block(channels, name, scale=1.0):
             return ResBlock(
-                channels, dropout, num_groups, use_scale_shift_norm,
-                dtype=dtype, name=name
+                channels, dropout, num_groups, use_scale_shift_norm, norm_eps,
+                scale, dtype=dtype, name=name
             )
 
-        def attention(name):
-            return AttentionBlock(num_heads, num_groups, dtype=dtype, name=name)
+        def attention(channels, name, use_norm=True, scale=1.0):
+            heads = num_heads
+            if num_head_channels is not None:
+                heads = channels // num_head_channels
+            return AttentionBlock(heads, num_groups, norm_eps, use_norm, scale,
+                                  dtype=dtype, name=name)
 
         self.time_embedding = TimestepEmbedding(
-            base_channels, emb_dim, dtype=dtype, name="time_embedding"
+            base_channels, emb_dim, flip_sin_to_cos=flip_sin_to_cos,
+            freq_shift=freq_shift, dtype=dtype, name="time_embedding"
         )
         self.label_embedding = None
         if num_classes is not None:
@@ -237,22 +272,25 @@ class UNet(keras.Model):
                 )
                 down_keeps.append(res not in attention_resolutions)
                 if res in attention_resolutions:
-                    down_blocks.append(attention(f"down_{level}_attn_{i}"))
+                    down_blocks.append(
+                        attention(channels, f"down_{level}_attn_{i}")
+                    )
                     down_keeps.append(True)
             if level != last:
                 down_blocks.append(
-                    Downsample(dtype=dtype, name=f"down_{level}_downsample")
+                    Downsample(downsample_padding, dtype=dtype,
+                               name=f"down_{level}_downsample")
                 )
                 down_keeps.append(True)
         self.down_blocks = down_blocks
         self._down_keeps = tuple(down_keeps)
 
-        channels = level_channels[-1]
-        self.middle_blocks = [
-            res_block(channels, "middle_res_0"),
-            attention("middle_attn"),
-            res_block(channels, "middle_res_1"),
-        ]
+        channels, scale = level_channels[-1], middle_scale_factor
+        self.middle_blocks = [res_block(channels, "middle_res_0", scale)]
+        if middle_attention:
+            self.middle_blocks.append(attention(
+                channels, "middle_attn", middle_attention_norm, scale))
+        self.middle_blocks.append(res_block(channels, "middle_res_1", scale))
 
         # Up path: every ResBlock consumes one skip connection.
         up_blocks = []
@@ -261,14 +299,18 @@ class UNet(keras.Model):
             for i in range(num_res_blocks + 1):
                 up_blocks.append(res_block(channels, f"up_{level}_res_{i}"))
                 if res in attention_resolutions:
-                    up_blocks.append(attention(f"up_{level}_attn_{i}"))
+                    up_blocks.append(
+                        attention(channels, f"up_{level}_attn_{i}")
+                    )
             if level != 0:
                 up_blocks.append(
                     Upsample(dtype=dtype, name=f"up_{level}_upsample")
                 )
         self.up_blocks = up_blocks
 
-        self.norm_out = GroupNorm(num_groups, dtype=dtype, name="norm_out")
+        self.norm_out = GroupNorm(
+            num_groups, norm_eps, dtype=dtype, name="norm_out"
+        )
         self.act_out = keras.layers.Activation(
             "silu", dtype=dtype, name="silu_out"
         )
@@ -317,8 +359,8 @@ class UNet(keras.Model):
         ):
             raise ValueError(
                 "UNet expected images of shape "
-                f"{_format_shape((None,) + expected)}, "
-                f"received {_format_shape(shape)}"
+                f"{format_shape((None,) + expected)}, "
+                f"received {format_shape(shape)}"
             )
 
     def build(self, input_shape):
@@ -359,8 +401,10 @@ class UNet(keras.Model):
                 "`t` must be a vector of timesteps, shape [B]. "
                 f"Received shape {tuple(t.shape)}"
             )
+        if self.center_input:
+            x = 2.0 * x - 1.0
         emb = self.time_embedding(t)
-        y = self._check_labels(y)
+        y = check_labels(y, self.num_classes)
         if y is not None:
             emb = emb + self.label_embedding(y)
 
@@ -373,53 +417,6 @@ class UNet(keras.Model):
             return ops.concatenate([h, skip], axis=-1)
 
         return self._forward(x, emb, apply, concat)
-
-    def _check_labels(self, y):
-        """Checks `y` against the conditioning mode; returns it as a tensor."""
-        if self.num_classes is None:
-            if y is not None:
-                raise ValueError(
-                    "This UNet is unconditional (num_classes=None) but labels "
-                    "`y` were given. Build it with `num_classes` to condition "
-                    "on classes."
-                )
-            return None
-        if y is None:
-            raise ValueError(
-                f"This UNet is class-conditional (num_classes="
-                f"{self.num_classes}) and needs labels `y`: int32 [B] in "
-                f"[0, {self.num_classes}], where {self.null_label} is the "
-                "null label. Received: y=None"
-            )
-        y = ops.convert_to_tensor(y)
-        if "int" not in str(y.dtype):
-            raise TypeError(
-                f"`y` must be an integer tensor. Received dtype {y.dtype}"
-            )
-        if y.shape.rank not in (1, None):
-            raise ValueError(
-                "`y` must be a vector of labels, shape [B]. "
-                f"Received shape {tuple(y.shape)}"
-            )
-        if tf.executing_eagerly():
-            values = np.asarray(y)
-            bad = values[(values < 0) | (values > self.num_classes)]
-            if bad.size:
-                raise ValueError(
-                    f"Labels `y` must be in [0, {self.num_classes}] "
-                    f"({self.null_label} is the null label). "
-                    f"Received out-of-range labels {sorted(set(bad.tolist()))}"
-                )
-        else:
-            message = (
-                f"Labels `y` must be in [0, {self.num_classes}] "
-                f"({self.null_label} is the null label)."
-            )
-            tf.debugging.assert_non_negative(y, message=message)
-            tf.debugging.assert_less_equal(
-                y, tf.cast(self.num_classes, y.dtype), message=message
-            )
-        return y
 
     def compute_output_shape(self, input_shape, t_shape=None, y_shape=None):
         # `input_shape`: the name Keras' `summary()` passes the build shape under.
@@ -441,6 +438,15 @@ class UNet(keras.Model):
                 "num_heads": self.num_heads,
                 "num_groups": self.num_groups,
                 "use_scale_shift_norm": self.use_scale_shift_norm,
+                "flip_sin_to_cos": self.flip_sin_to_cos,
+                "freq_shift": self.freq_shift,
+                "norm_eps": self.norm_eps,
+                "downsample_padding": self.downsample_padding,
+                "num_head_channels": self.num_head_channels,
+                "middle_attention": self.middle_attention,
+                "middle_attention_norm": self.middle_attention_norm,
+                "middle_scale_factor": self.middle_scale_factor,
+                "center_input": self.center_input,
             }
         )
         return config

@@ -1,0 +1,119 @@
+"""`UNet2DModel` -> `UNet`: outputs against diffusers' own (the committed fixture), parameter counts, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfdiffusion.convert import load_unet_weights
+from tfdiffusion.convert import unet_from_config
+from tfdiffusion.convert.diffusers_files import read_json
+from tfdiffusion.convert.diffusers_files import read_weights
+
+from .reference import ARRAYS
+from .reference import FIXTURES
+from .reference import INFO
+from .reference import TIMESTEPS
+from .reference import UNETS
+from .reference import labels_for
+from .reference import unet_dir
+
+# diffusers runs the same float32 math in another order (NCHW, fused
+# attention): measured differences are ~1e-6 on outputs of magnitude ~1.
+PARITY_ATOL = 1e-4
+
+
+def converted(name, tensors=None):
+    unet = unet_from_config(read_json(unet_dir(name) / "config.json"))
+    if tensors is None:
+        tensors = read_weights(unet_dir(name) / "diffusion_pytorch_model.safetensors")
+    load_unet_weights(unet, tensors)
+    return unet
+
+
+def max_error(unet, name):
+    out = np.asarray(unet(ARRAYS[f"unet/{name}/x"], TIMESTEPS, y=labels_for(unet)))
+    return np.abs(out - ARRAYS[f"unet/{name}/out"]).max()
+
+
+@pytest.mark.parametrize("name", UNETS)
+def test_output_matches_diffusers(name):
+    unet = converted(name)
+    assert max_error(unet, name) <= PARITY_ATOL
+    # tfdiffusion's label table has one more row (the null label).
+    extra = unet.label_embedding.output_dim if unet.num_classes is not None else 0
+    assert unet.count_params() == INFO["unets"][name]["parameters"] + extra
+
+
+def test_fixture_covers_every_option():
+    kwargs = {name: unet_from_config(read_json(unet_dir(name) / "config.json")).get_config()
+              for name in UNETS}
+    seen = lambda key: {json.dumps(k[key]) for k in kwargs.values()}  # noqa: E731
+    assert seen("flip_sin_to_cos") == {"true", "false"} and seen("freq_shift") == {"0", "1"}
+    assert seen("downsample_padding") == {'"same"', '"symmetric"'}
+    assert seen("use_scale_shift_norm") == {"true", "false"}
+    assert seen("middle_attention") == {"true", "false"}
+    assert seen("middle_attention_norm") == {"true", "false"}
+    assert seen("center_input") == {"true", "false"} and seen("learn_sigma") == {"true", "false"}
+    assert {len(k["attention_resolutions"]) for k in kwargs.values()} == {0, 1, 2}
+    assert "3" in seen("num_groups") and "null" in seen("num_head_channels")
+    assert len(seen("num_head_channels")) >= 3 and len(seen("middle_scale_factor")) >= 3
+    assert "5" in seen("num_classes") and "1e-06" in seen("norm_eps")
+
+
+def test_ddpm_cifar10_32_parameter_count():
+    config = read_json(FIXTURES / "ddpm-cifar10-32" / "unet" / "config.json")
+    unet = unet_from_config(config)
+    assert unet.count_params() == INFO["ddpm_cifar10_32_parameters"] == 35_746_307
+    assert unet.attention_resolutions == (16,) and unet.num_head_channels is None
+
+
+def test_old_attention_names_are_read():
+    tensors = read_weights(unet_dir("ddpm_layout") / "diffusion_pytorch_model.safetensors")
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renamed = {}
+    for key, value in tensors.items():
+        for new, legacy in old.items():
+            key = key.replace(f".{new}.", f".{legacy}.")
+        renamed[key] = value
+    assert any(".proj_attn." in key for key in renamed)
+    assert max_error(converted("ddpm_layout", renamed), "ddpm_layout") <= PARITY_ATOL
+
+
+def config_with(**changes):
+    config = read_json(unet_dir("ddpm_layout") / "config.json")
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(down_block_types=["SkipDownBlock2D", "AttnDownBlock2D", "DownBlock2D"]),
+     r"down_block_types\[0\]='SkipDownBlock2D'"),
+    (dict(up_block_types=["UpBlock2D", "UpBlock2D", "UpBlock2D"]), r"up_block_types\[1\]"),
+    (dict(time_embedding_type="fourier"), "time_embedding_type='fourier'"),
+    (dict(class_embed_type="timestep"), "class_embed_type='timestep'"),
+    (dict(resnet_time_scale_shift="spatial"), "resnet_time_scale_shift='spatial'"),
+    (dict(downsample_type="resnet"), "downsample_type='resnet'"),
+    (dict(act_fn="gelu"), "act_fn='gelu'"),
+    (dict(out_channels=4), "out_channels=4"),
+    (dict(block_out_channels=[4, 6, 8]), "block_out_channels"),
+    (dict(cross_attention_dim=16), "unknown config key 'cross_attention_dim'"),
+    (dict(_class_name="UNet2DConditionModel"), "_class_name='UNet2DConditionModel'"),
+    (dict(attn_norm_num_groups=1), "attn_norm_num_groups=1"),
+])
+def test_config_errors_name_the_key(changes, message):
+    with pytest.raises(ValueError, match=message):
+        unet_from_config(config_with(**changes))
+
+
+def test_weights_errors_name_the_tensor():
+    tensors = read_weights(unet_dir("ddpm_layout") / "diffusion_pytorch_model.safetensors")
+    unet = unet_from_config(config_with())
+    with pytest.raises(ValueError, match="lacks 1 tensor.*conv_out.bias"):
+        load_unet_weights(unet, {k: v for k, v in tensors.items() if k != "conv_out.bias"})
+    with pytest.raises(ValueError, match="does not use.*extra.weight"):
+        load_unet_weights(unet, {**tensors, "extra.weight": np.zeros(2, np.float32)})
+    # A config whose shapes differ from the weights': 6 channels at the first level, not 4.
+    wider = unet_from_config(config_with(block_out_channels=[6, 12, 12], norm_num_groups=2))
+    with pytest.raises(ValueError, match=r"'conv_in.weight' has shape \(4, 3, 3, 3\).*\(6, 3, 3, 3\)"):
+        load_unet_weights(wider, tensors)
