@@ -12,6 +12,8 @@ __all__ = ["CLIError", "PROG", "build_parser"]
 
 PROG = "tfdiffusion"
 DEFAULT_SAMPLE_STEPS = 50
+DEFAULT_SAMPLE_BATCH = 256
+GRID_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 class CLIError(Exception):
@@ -98,6 +100,10 @@ def _add_data_dir(parser):
     parser.add_argument(
         "--data-dir", metavar="DIR",
         help="where TFDS data sets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", default=None,
+        help="leave out unreadable files (empty, truncated, not images) of an image-folder --dataset, "
+        "reporting how many (default: refuse the folder, naming them)")
 
 
 def build_parser():
@@ -209,11 +215,17 @@ def build_parser():
     sample.add_argument("--guidance-scale", type=_finite_float, default=1.0, metavar="W",
                         help="classifier-free guidance scale; 1 is none (default: 1.0)")
     sample.add_argument("--output", metavar="PNG",
-                        help="write a grid PNG here (default: samples.png unless --npz is given)")
+                        help="write a grid image here, .png (or .jpg); never over a file that is not "
+                        "an earlier grid (default: samples.png unless --npz is given)")
     sample.add_argument("--npz", metavar="FILE",
-                        help="write the images (and labels) to this .npz file (default: none)")
+                        help="write the images (and labels) to this .npz file; never over a file that is "
+                        "not an earlier sample set (default: none)")
     sample.add_argument("--batch-size", type=_positive_int,
-                        help="images per network batch (default: all at once)")
+                        help="images per network batch (default: as many as fit in memory, at most "
+                        f"{DEFAULT_SAMPLE_BATCH})")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output grid or --npz file written by an earlier "
+                        "sample run (default: refuse; other files are never replaced)")
     _add_jit_flag(sample, "yes")
     sample.set_defaults(command_name="sample")
 
