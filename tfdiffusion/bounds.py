@@ -187,10 +187,12 @@ def calc_bpd_loop(diffusion, model_fn: Callable, x_start: Any, clip_denoised: bo
                                        seed=tfd_random.fold_in(base_seed, -1))
     num_steps = int(timesteps.shape[0])
     batch = tf.shape(x_start)[0]
+    # Example k's noise depends on the seed and k's index in the global batch (also across replicas).
+    offset = tfd_random.batch_offset(batch, even=False)
 
     def body(i, vb_acc, xstart_acc, mse_acc):
         t = tf.fill([batch], timesteps[i])
-        noise = tfd_random.random_normal(tf.shape(x_start), tfd_random.fold_in(base_seed, i))
+        noise = tfd_random.batch_normal(tf.shape(x_start), tfd_random.fold_in(base_seed, i), offset)
         x_t = diffusion.q_sample(x_start, t, noise=noise)
         prediction = diffusion.p_mean_variance(model_fn, x_t, t, clip_denoised, model_kwargs)
         eps = diffusion.predict_eps_from_xstart(x_t, t, prediction["pred_xstart"])

@@ -39,21 +39,6 @@ def _assertion_errors_as_value_errors():
         raise ValueError(f"{message} (checked in the compiled step)") from None
 
 
-def _global_slice(draw: Callable[[Any], tf.Tensor], local_batch: tf.Tensor) -> tf.Tensor:
-    """`draw(global_batch)` sliced to this replica's examples.
-
-    Every replica draws the whole global batch from the same seed and keeps
-    its own rows, so example k of the global batch gets the same noise,
-    timestep and label dropout on 1 device as on N replicas.
-    """
-    replica = tf.distribute.get_replica_context()
-    if replica is None or replica.num_replicas_in_sync == 1:
-        return draw(local_batch)
-    replica_id = tf.cast(replica.replica_id_in_sync_group, tf.int32)
-    everything = draw(local_batch * replica.num_replicas_in_sync)
-    return everything[replica_id * local_batch:(replica_id + 1) * local_batch]
-
-
 @keras.saving.register_keras_serializable(package="tfdiffusion")
 class DiffusionModel(keras.Model):
     """A denoising network trained and sampled with a `GaussianDiffusion`.
@@ -149,6 +134,8 @@ class DiffusionModel(keras.Model):
         self.vb_tracker = keras.metrics.Mean(name="vb")
         self.bpd_tracker = keras.metrics.Mean(name="bpd")
         self._image_samplers = {}
+        self._compiled = {}
+        self.traces = {}  # traces of the compiled pieces, by name (a test checks there is one per replica)
         self.built = True
 
     # ------------------------------------------------------------------ config
@@ -177,10 +164,40 @@ class DiffusionModel(keras.Model):
         """Keras' train function, after creating the optimizer's slots for the network.
 
         Slots made before the first traced `train_step` keep `fit` from tracing twice.
+        With `jit_compile=True` under a multi-replica `MirroredStrategy` or
+        `MultiWorkerMirroredStrategy` (where Keras cannot compile the step: the
+        replicas' variables live on other devices), each replica's forward and
+        backward pass is compiled with XLA on its own device and the gradient
+        reduction, optimizer and EMA run outside it. Under `TPUStrategy`
+        everything is compiled anyway.
         """
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.network.trainable_variables)
-        return super().make_train_function(force=force)
+        strategy = self.distribute_strategy
+        self._xla_per_replica = bool(self.jit_compile) and strategy.num_replicas_in_sync > 1 and not isinstance(
+            strategy, tf.distribute.TPUStrategy)
+        if not self._xla_per_replica:
+            return super().make_train_function(force=force)
+        self._jit_compile = False  # Keras' own whole-step compilation; the replicas compile their part
+        try:
+            return super().make_train_function(force=force)
+        finally:
+            self._jit_compile = True
+
+    def _per_replica_compiled(self, name, fn):
+        """`fn` as an XLA-compiled `tf.function` of this replica's own (one per replica and name).
+
+        One function object per replica: each traces against its replica's
+        copies of the variables on its own device.
+        """
+        replica = tf.distribute.get_replica_context()
+        replica_id = tf.get_static_value(replica.replica_id_in_sync_group) if replica is not None else 0
+        if replica_id is None:  # not known while tracing: compile nothing rather than guess
+            return fn
+        key = (name, int(replica_id))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(fn, jit_compile=True, autograph=False)
+        return self._compiled[key]
 
     def load_weights(self, filepath, *args, **kwargs):
         """Loads weights and checks they were trained with this diffusion's T."""
@@ -283,11 +300,12 @@ class DiffusionModel(keras.Model):
     def _step_seed(self, counter):
         return tfd_random.fold_in(tfd_random.seed_pair(self.seed), tf.cast(counter, tf.int64))
 
-    def _drop_labels(self, labels, seed):
+    def _drop_labels(self, labels, seed, offset):
         """Labels with each replaced by the null label with probability `label_dropout`."""
         if labels is None or self.label_dropout == 0.0:
             return labels
-        uniform = _global_slice(lambda n: tfd_random.random_uniform([n], seed), tf.shape(labels)[0])
+        uniform = tfd_random.replica_rows(lambda n: tfd_random.random_uniform([n], seed), tf.shape(labels)[0],
+                                          offset)
         return tf.where(uniform < self.label_dropout, tf.fill(tf.shape(labels), self.null_label), labels)
 
     def _network_fn(self, network, training):
@@ -295,14 +313,16 @@ class DiffusionModel(keras.Model):
             return network(x_t, t, training=training, **kwargs)
         return model_fn
 
-    def _diffusion_losses(self, network, images, labels, seed, training):
+    def _diffusion_losses(self, network, images, labels, seed, training, offset):
+        """Timesteps, importance weights and losses; the draws of example k of the global batch
+        depend on the step's seed and k only (`offset` places this replica's rows)."""
         batch = tf.shape(images)[0]
-        t = _global_slice(lambda n: self.timestep_sampler.sample(n, tfd_random.fold_in(seed, 1))[0], batch)
+        t = tfd_random.replica_rows(
+            lambda n: self.timestep_sampler.sample(n, tfd_random.fold_in(seed, 1))[0], batch, offset)
         weights = self.timestep_sampler.importance_weights(t)
         if training:
-            labels = self._drop_labels(labels, tfd_random.fold_in(seed, 2))
-        noise = _global_slice(lambda n: tfd_random.random_normal(
-            tf.concat([[n], tf.shape(images)[1:]], 0), tfd_random.fold_in(seed, 3)), batch)
+            labels = self._drop_labels(labels, tfd_random.fold_in(seed, 2), offset)
+        noise = tfd_random.batch_normal(tf.shape(images), tfd_random.fold_in(seed, 3), offset)
         losses = self.diffusion.training_losses(
             self._network_fn(network, training), images, t, noise=noise,
             model_kwargs=self._label_kwargs(labels))
@@ -312,30 +332,38 @@ class DiffusionModel(keras.Model):
     # converting TFP and the network saves most of the tracing time.
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
-        images, labels = self._unpack(data)
+        images, labels = self._unpack(data)  # checks run here, outside any XLA computation
         seed = self._step_seed(self.optimizer.iterations)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        global_batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
-        with tf.GradientTape() as tape:
-            t, weights, losses = self._diffusion_losses(self.network, images, labels, seed, training=True)
-            # Sum over the replica's examples / global batch: gradients summed
-            # across replicas then equal those of the global-batch mean.
-            loss = tf.reduce_sum(losses["loss"] * weights) / global_batch
-            # Under mixed_float16 the optimizer is a LossScaleOptimizer: scale here,
-            # it unscales the gradients (a no-op scale otherwise).
-            scaled_loss = self.optimizer.scale_loss(loss)
-        variables = self.network.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        offset = tfd_random.batch_offset(tf.shape(images)[0])  # training batches split evenly
+        gradients = self._per_replica_compiled("gradients", self._gradients) if getattr(
+            self, "_xla_per_replica", False) else self._gradients
+        t, losses, grads = gradients(images, labels, seed, offset)
+        self.optimizer.apply_gradients(zip(grads, self.network.trainable_variables))
         self.timestep_sampler.update(t, losses["loss"])
         self._update_ema()
         return self._track(losses)
+
+    def _gradients(self, images, labels, seed, offset):
+        """One replica's forward and backward pass: `(t, losses, gradients)`."""
+        self.traces["gradients"] = self.traces.get("gradients", 0) + 1  # runs once per trace
+        with tf.GradientTape() as tape:
+            t, weights, losses = self._diffusion_losses(self.network, images, labels, seed, True, offset)
+            # Sum over the replica's examples / global batch: gradients summed
+            # across replicas then equal those of the global-batch mean.
+            loss = tf.reduce_sum(losses["loss"] * weights) / tf.cast(offset[1], tf.float32)
+            # Under mixed_float16 the optimizer is a LossScaleOptimizer: scale here,
+            # it unscales the gradients (a no-op scale otherwise).
+            scaled_loss = self.optimizer.scale_loss(loss)
+        return t, losses, tape.gradient(scaled_loss, self.network.trainable_variables)
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         images, labels = self._unpack(data)
         seed = tfd_random.fold_in(tfd_random.seed_pair(self.evaluation_seed), self.eval_counter + _EVAL_STREAM)
         self.eval_counter.assign_add(1)
-        _, _, losses = self._diffusion_losses(self.ema_network, images, labels, seed, training=False)
+        # A last evaluation batch may split unevenly across replicas.
+        offset = tfd_random.batch_offset(tf.shape(images)[0], even=False)
+        _, _, losses = self._diffusion_losses(self.ema_network, images, labels, seed, False, offset)
         if self.bpd_eval_steps:
             bound = self.diffusion.calc_bpd_loop(
                 self._network_fn(self.ema_network, False), images,
@@ -464,8 +492,8 @@ class DiffusionModel(keras.Model):
             spacing: "leading", "trailing" or "linspace" (None: the model's
                 `spacing`).
             batch_size: images per network batch (default: all at once).
-            jit_compile: compile the sampling loop with XLA; None: yes,
-                unless a distribution strategy is active. (XLA draws other
+            jit_compile: compile the sampling loop with XLA (per replica
+                under a multi-replica strategy); None: yes. (XLA draws other
                 random numbers than the CPU kernels for the same seed.)
             progress: optional `progress(done, total)` called after each batch.
 
@@ -478,9 +506,8 @@ class DiffusionModel(keras.Model):
         clip_denoised = self.clip_denoised if clip_denoised is None else validation.check_bool(
             "clip_denoised", clip_denoised)
         batch_size = validation.check_int("batch_size", num_images if batch_size is None else batch_size)
-        if jit_compile is None:
-            jit_compile = not tf.distribute.has_strategy() and self.distribute_strategy.num_replicas_in_sync == 1
-        validation.check_bool("jit_compile", jit_compile)
+        jit_compile = True if jit_compile is None else validation.check_bool("jit_compile", jit_compile)
+        strategy = self.distribute_strategy
         if self.num_classes is None and guidance_scale != 1.0:
             raise ValueError("`guidance_scale` needs a class-conditional network; this one is "
                              f"unconditional. Received: guidance_scale={guidance_scale}")
@@ -501,7 +528,7 @@ class DiffusionModel(keras.Model):
             noise, batch_seed = sampling.initial_noise(base_seed, start, (count,) + self.image_shape)
             outputs.append(image_sampler(noise, batch_seed, num_steps,
                                          None if labels is None else labels[start:start + count],
-                                         guidance_scale, options).numpy())
+                                         guidance_scale, options, strategy=strategy).numpy())
             if progress is not None:
                 progress(start + count, num_images)
         return np.concatenate(outputs, axis=0)

@@ -111,6 +111,8 @@ class ImageSampler:
         self.jit_compile = bool(jit_compile)
         self.function = tf.function(self._sample, jit_compile=self.jit_compile, autograph=False,
                                     input_signature=self.input_signature())
+        self._replica_functions = {}
+        self._distributed = {}
 
     @property
     def option_names(self) -> Tuple[str, ...]:
@@ -149,14 +151,56 @@ class ImageSampler:
         return images.to_uint8(x_0)
 
     def __call__(self, noise: tf.Tensor, seed: tf.Tensor, num_steps: int, labels: Any = None,
-                 guidance_scale: float = 1.0, options: Optional[Dict[str, float]] = None) -> tf.Tensor:
-        """uint8 images `[N, H, W, C]` from x_T `noise` `[N, H, W, C]` (arguments already checked)."""
-        args = [tf.convert_to_tensor(noise, tf.float32), seed]
-        if self.num_classes is not None:
-            args.append(tf.convert_to_tensor(labels, tf.int32))
-        args.append(tf.constant(num_steps, tf.int32))
-        if self.num_classes is not None:
-            args.append(tf.constant(guidance_scale, tf.float32))
+                 guidance_scale: float = 1.0, options: Optional[Dict[str, float]] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None) -> tf.Tensor:
+        """uint8 images `[N, H, W, C]` from x_T `noise` `[N, H, W, C]` (arguments already checked).
+
+        With a multi-replica `strategy` the batch is split across the
+        replicas (padded to a multiple of their count) and gathered back in
+        order; every random draw is made for the whole batch and sliced, so
+        the images equal those of one device.
+        """
+        noise = tf.convert_to_tensor(noise, tf.float32)
+        labels = None if self.num_classes is None else tf.convert_to_tensor(labels, tf.int32)
         options = self.sampler.check_options(options or {})
-        args += [tf.constant(options[name], tf.float32) for name in self.option_names]
-        return self.function(*args)
+        scalars = [tf.constant(num_steps, tf.int32)]
+        if self.num_classes is not None:
+            scalars.append(tf.constant(guidance_scale, tf.float32))
+        scalars += [tf.constant(options[name], tf.float32) for name in self.option_names]
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            return self._call_distributed(strategy, noise, seed, labels, scalars)
+        return self.function(noise, seed, *([] if labels is None else [labels]), *scalars)
+
+    def _replica_function(self, *args):
+        """This replica's own traced function (its own copies of the variables, its own device)."""
+        replica_id = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
+        if replica_id not in self._replica_functions:
+            self._replica_functions[replica_id] = tf.function(self._sample, jit_compile=self.jit_compile,
+                                                              autograph=False)
+        return self._replica_functions[replica_id](*args)
+
+    def _call_distributed(self, strategy, noise, seed, labels, scalars):
+        count = int(noise.shape[0])
+        replicas = strategy.num_replicas_in_sync
+        per_replica = -(-count // replicas)
+        padding = per_replica * replicas - count
+
+        def pad(values):  # repeat the last row; the real rows' draws do not change (prefix-stable)
+            return tf.concat([values, tf.repeat(values[-1:], padding, axis=0)], 0) if padding else values
+
+        def split(values):
+            values = pad(values)
+            return strategy.experimental_distribute_values_from_function(
+                lambda context: values[context.replica_id_in_sync_group * per_replica:
+                                       (context.replica_id_in_sync_group + 1) * per_replica])
+
+        key = id(strategy)
+        if key not in self._distributed:
+            def run(*args):
+                # int32: the collective all-gather takes no uint8
+                images = strategy.run(lambda *a: tf.cast(self._replica_function(*a), tf.int32), args=args)
+                return tf.cast(strategy.gather(images, axis=0), tf.uint8)
+
+            self._distributed[key] = tf.function(run, autograph=False)
+        args = [split(noise), seed] + ([] if labels is None else [split(labels)]) + scalars
+        return self._distributed[key](*args)[:count]
