@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from tfdiffusion import files
 from tfdiffusion import samplers as samplers_lib
 from tfdiffusion import validation
 from tfdiffusion import warmup
@@ -28,7 +29,7 @@ from tfdiffusion.export_signatures import generate_input_specs
 from tfdiffusion.export_signatures import request_values
 from tfdiffusion.export_signatures import signature_name
 
-__all__ = ["DEFAULT_MAX_IMAGES", "METADATA_FILE", "export_saved_model", "resolve_version_dir",
+__all__ = ["DEFAULT_MAX_IMAGES", "METADATA_FILE", "export_onnx", "export_saved_model", "resolve_version_dir",
            "split_version_path"]
 
 # The description of an exported model, relative to its version directory.
@@ -226,3 +227,43 @@ def _move_into_place(tmp: str, final: str, model_dir: str, version: int) -> None
     os.rename(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def export_onnx(model, path: str, overwrite: bool = False) -> str:
+    """Writes the EMA denoising network as an ONNX model (for ONNX Runtime, TensorRT), atomically.
+
+    The ONNX model is the network alone, for clients that run their own
+    sampler: inputs `x_t` float32 `[N, H, W, C]`, `t` int32 `[N]` (the
+    trained process's timesteps) and, for a class-conditional network,
+    `labels` int32 `[N]` (the null label `num_classes` for the unconditional
+    half of guidance); output the network's prediction `[N, H, W, C]` (2C
+    channels with learned variances). Converted by Keras' `export(...,
+    format="onnx")` with tf2onnx.
+
+    Args:
+        model: the `DiffusionModel`.
+        path: the `.onnx` file to write.
+        overwrite: replace an existing file (default: refuse).
+
+    Returns:
+        `path`.
+
+    Raises:
+        ImportError: tf2onnx is not installed (`pip install "tfdiffusion[onnx]"`).
+        FileExistsError: `path` exists and `overwrite` is False.
+    """
+    _check_arguments(model, None, "ddim", 1, False, overwrite)
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it")
+    try:
+        import tf2onnx  # noqa: F401  (Keras' ONNX export needs it)
+    except ImportError:
+        raise ImportError('ONNX export needs tf2onnx: pip install "tfdiffusion[onnx]"') from None
+    specs = [tf.TensorSpec((None,) + tuple(model.image_shape), tf.float32, name="x_t"),
+             tf.TensorSpec([None], tf.int32, name="t")]
+    if model.num_classes is not None:
+        specs.append(tf.TensorSpec([None], tf.int32, name="labels"))
+    with files.atomic_output(path) as tmp:
+        model.ema_network.export(tmp, format="onnx", input_signature=specs, verbose=False)
+    return path

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from tfdiffusion import random as tfd_random
 from tfdiffusion import validation
@@ -65,7 +66,14 @@ class ServedModel:
         self.default_sampler: str = self.metadata["default_sampler"]
         self.max_images: int = self.metadata["max_images"]
         self.jit_compile: bool = self.metadata["jit_compile"]
-        self._loaded = tf.saved_model.load(self.path)
+        # The export leaves out gradient functions (serving never differentiates); loading warns of
+        # each function that has none. Those warnings would be noise here.
+        verbosity = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        try:
+            self._loaded = tf.saved_model.load(self.path)
+        finally:
+            absl_logging.set_verbosity(verbosity)
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.image_shape))
