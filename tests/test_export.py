@@ -3,9 +3,7 @@
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -21,7 +19,7 @@ from tfdiffusion import warmup
 # SavedModel, answers the requests, lists the graph's ops against TensorFlow's
 # own op registry, and reports what got imported.
 FRESH_PROCESS = r"""
-import json, sys, time
+import json, resource, sys, time
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
@@ -42,6 +40,16 @@ signature, inputs = requests["ddim_plain"]
 images["zero_weights"] = loaded.signatures[signature](**{k: tf.constant(np.asarray(v["value"], dtype=v["dtype"]))
                                                         for k, v in inputs.items()})["images"].numpy()
 np.savez(out_path, **images)
+# One over-cap request of a million labels: x_T alone would take 10**6 * 8 * 8 * 3 * 4 bytes = 768 MB.
+oversize = dict(seed=tf.constant(0, tf.int64), num_steps=tf.constant(1), guidance_scale=tf.constant(2.0),
+                eta=tf.constant(0.0), labels=tf.constant(np.zeros([10**6], np.int32)))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    loaded.signatures["generate"](**oversize)
+    oversize_error = None
+except tf.errors.InvalidArgumentError as error:
+    oversize_error = error.message
+peak_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 proto = saved_model_pb2.SavedModel()
 proto.ParseFromString(open(version_dir + "/saved_model.pb", "rb").read())
 graph = proto.meta_graphs[0].graph_def
@@ -49,7 +57,7 @@ ops = {node.op for node in graph.node}
 for function in graph.library.function:
     ops |= {node.op for node in function.node_def}
 print(json.dumps(dict(
-    load_seconds=load_seconds, ops=sorted(ops),
+    load_seconds=load_seconds, ops=sorted(ops), oversize_error=oversize_error, peak_growth_mb=peak_growth_mb,
     unregistered=sorted(op for op in ops if op_def_registry.get(op) is None),
     signatures=sorted(loaded.signatures),
     imported=sorted(m for m in sys.modules if m.split(".")[0] in ("tfdiffusion", "tensorflow_probability", "sonnet")))))
@@ -90,6 +98,15 @@ def test_fresh_process_imports_only_tensorflow(fresh):
     report, _ = fresh
     assert report["imported"] == []
     assert {"generate", "serving_default", "generate_ddim", "generate_ddpm", "denoise"} <= set(report["signatures"])
+
+
+def test_oversize_batch_never_allocated(fresh):
+    """A million labels against a cap of 4: refused, and the peak memory hardly moves."""
+    report, _ = fresh
+    assert "must be between 1 and max_images=4" in report["oversize_error"]
+    assert "1000000" in report["oversize_error"]
+    # The labels themselves are 4 MB; x_T for them would be 768 MB and the network's activations far more.
+    assert report["peak_growth_mb"] < 100, report
 
 
 def test_every_op_is_core_tensorflow(fresh):

@@ -10,6 +10,8 @@ process that never imports tfdiffusion or Keras.
 """
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +26,7 @@ from tfdiffusion import samplers as samplers_lib
 from tfdiffusion import validation
 from tfdiffusion import warmup
 from tfdiffusion.export_signatures import ServingModule
+from tfdiffusion.model import DiffusionModel
 from tfdiffusion.export_signatures import example_inputs
 from tfdiffusion.export_signatures import generate_input_specs
 from tfdiffusion.export_signatures import request_values
@@ -80,8 +83,6 @@ def resolve_version_dir(path: str) -> str:
 
 
 def _check_arguments(model, samplers, default_sampler, max_images, jit_compile, overwrite):
-    from tfdiffusion.model import DiffusionModel  # the model module is heavy; only for the type check
-
     if not isinstance(model, DiffusionModel):
         raise TypeError(f"`model` must be a tfdiffusion DiffusionModel. Received: {type(model).__name__}")
     names = samplers_lib.sampler_names() if samplers is None else tuple(samplers)
@@ -98,13 +99,15 @@ def _check_arguments(model, samplers, default_sampler, max_images, jit_compile, 
 
 def _metadata(model, module: ServingModule, default_sampler: str, spacing: str, clip_denoised: bool,
               jit_compile: bool) -> Dict[str, Any]:
-    from tfdiffusion import __version__
-
+    try:
+        version = importlib.metadata.version("tfdiffusion")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        version = None
     samplers = {}
     for name, image_sampler in module.image_samplers.items():
         samplers[name] = dict(signature=signature_name(name), options=dict(image_sampler.sampler.options),
                               min_steps=image_sampler.sampler.min_steps)
-    return dict(format=METADATA_FORMAT, format_version=1, tfdiffusion_version=__version__,
+    return dict(format=METADATA_FORMAT, format_version=1, tfdiffusion_version=version,
                 image_shape=list(module.image_shape), num_classes=model.num_classes,
                 null_label=model.null_label, num_timesteps=module.num_timesteps, max_images=module.max_images,
                 default_sampler=default_sampler, samplers=samplers, spacing=spacing,
@@ -256,10 +259,8 @@ def export_onnx(model, path: str, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it")
-    try:
-        import tf2onnx  # noqa: F401  (Keras' ONNX export needs it)
-    except ImportError:
-        raise ImportError('ONNX export needs tf2onnx: pip install "tfdiffusion[onnx]"') from None
+    if importlib.util.find_spec("tf2onnx") is None:  # Keras' ONNX export converts with it
+        raise ImportError('ONNX export needs tf2onnx: pip install "tfdiffusion[onnx]"')
     specs = [tf.TensorSpec((None,) + tuple(model.image_shape), tf.float32, name="x_t"),
              tf.TensorSpec([None], tf.int32, name="t")]
     if model.num_classes is not None:

@@ -20,6 +20,7 @@ from tfdiffusion import validation
 from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
+from tfdiffusion.loading import load_model
 from tfdiffusion.serving import generate_inputs
 
 __all__ = ["ServedModel", "is_saved_model", "load_generator", "load_saved_model"]
@@ -183,8 +184,6 @@ def load_generator(path: str, log: Optional[Callable[[str], None]] = None):
         model = load_saved_model(path)
         description = f"SavedModel {model.path}"
     else:
-        from tfdiffusion.loading import load_model
-
         model = load_model(path)
         description = f"Keras model {path}"
     if log is not None:
