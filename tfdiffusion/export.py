@@ -196,11 +196,12 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
         raise FileExistsError(f"Version {version} already exists at {final!r}; choose another `version` "
                               "or pass overwrite=True to replace it")
     module = ServingModule(model, samplers, max_images, spacing, clip_denoised, jit_compile)
+    signatures = module.signatures(default_sampler)  # traced before anything is written
     os.makedirs(model_dir, exist_ok=True)
     with _temporary_version_dir(model_dir, version) as tmp:
         # No gradient functions: serving never differentiates, and tracing them (tf.nn.silu's custom
         # gradient in every block) would take most of the export's time.
-        tf.saved_model.save(module, tmp, signatures=module.signatures(default_sampler),
+        tf.saved_model.save(module, tmp, signatures=signatures,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, METADATA_FILE), "w") as file:
