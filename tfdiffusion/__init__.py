@@ -20,6 +20,7 @@ from tfdiffusion.data import load_image_folder
 from tfdiffusion.data import load_shapes
 from tfdiffusion.data import load_tfds
 from tfdiffusion.diffusion import GaussianDiffusion
+from tfdiffusion.export import export_onnx
 from tfdiffusion.export import export_saved_model
 from tfdiffusion.loading import load_model
 from tfdiffusion.model import DiffusionModel
@@ -56,6 +57,7 @@ __all__ = [
     "classifier_free_guidance",
     "convert_diffusers",
     "discretized_gaussian_log_likelihood",
+    "export_onnx",
     "export_saved_model",
     "from_diffusers",
     "get_beta_schedule",
