@@ -84,19 +84,26 @@ def test_unconditional_export_matches_generate_and_caps_num_images(killed):
             generate(seed=tf.constant(0, tf.int64), num_steps=tf.constant(1), num_images=tf.constant(count))
 
 
-def test_overwrite_replaces_a_version(killed, tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return helpers.shared_export(tmp_path_factory)
+
+
+def test_overwrite_replaces_a_version(killed, exported, tmp_path):
+    """The unconditional version 1 replaced by the shared conditional model's DDIM-only export."""
     model_dir, _ = killed
+    model, _, _ = exported
     copy = tmp_path / "plain"
     shutil.copytree(os.path.join(model_dir, "1"), copy / "1")
     (copy / "1" / "marker").write_text("old")
-    model = helpers.tiny_model(num_classes=None, seed=4)
     with pytest.raises(FileExistsError):
-        export.export_saved_model(model, copy, version=1, samplers=("ddpm",), default_sampler="ddpm")
-    written = export.export_saved_model(model, copy / "1", samplers=("ddim",), default_sampler="ddim",
-                                        overwrite=True, warmup_requests=False)
+        export.export_saved_model(model, copy, version=1, samplers=("ddim",))
+    written = export.export_saved_model(model, copy / "1", samplers=("ddim",), overwrite=True,
+                                        warmup_requests=False)
     assert written == str(copy / "1") and sorted(os.listdir(copy)) == ["1"]
     assert not (copy / "1" / "marker").exists()
-    assert "generate_ddim" in tf.saved_model.load(written).signatures
+    assert sorted(tf.saved_model.load(written).signatures) == ["denoise", "generate", "generate_ddim",
+                                                               "serving_default"]
     # The next version without a number is one above the highest.
     assert export.existing_versions(copy) == [1]
     (copy / "7").mkdir()
