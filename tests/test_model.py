@@ -172,7 +172,7 @@ def test_unconditional_model_rejects_labels_and_guidance():
     (np.full([4, 8, 8, 3], 3.0), [0, 0, 0, 0], ValueError, r"\[-1, 1\]"),
     (np.full([4, 8, 8, 3], np.nan), [0, 0, 0, 0], ValueError, "NaN"),
     (np.zeros([4, 8, 8, 3]), [0, 1, 2, 3], ValueError, r"labels.*\[0, 3\)"),
-    (np.zeros([4, 8, 8, 3]), [0.5, 1.7, 0.0, 1.0], TypeError, "integers"),
+    (np.zeros([4, 8, 8, 3]), [0.5, 1.7, 0.0, 1.0], TypeError, "integer labels"),
     (np.zeros([4, 8, 8, 3]), None, ValueError, "yields no labels"),
 ])
 def test_fit_rejects_bad_batches(images, labels, error, match):

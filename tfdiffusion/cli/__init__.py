@@ -16,7 +16,7 @@ from tfdiffusion.training import RunError
 __all__ = ["CLIError", "build_parser", "main"]
 
 _HANDLERS = {"train": commands.train, "sample": commands.sample, "evaluate": commands.evaluate,
-             "convert": commands.convert}
+             "convert": commands.convert, "export": commands.export}
 
 
 def _one_line(error):

@@ -16,6 +16,7 @@ from tfdiffusion import data
 from tfdiffusion import images
 from tfdiffusion import training
 from tfdiffusion.convert import convert_diffusers
+from tfdiffusion.export import export_saved_model
 from tfdiffusion import samplers
 from tfdiffusion import sampling
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_BATCH
@@ -23,8 +24,9 @@ from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
 from tfdiffusion.cli.parser import GRID_EXTENSIONS
 from tfdiffusion.cli.parser import CLIError
 from tfdiffusion.loading import load_model
+from tfdiffusion.served_model import load_generator
 
-__all__ = ["convert", "evaluate", "sample", "train"]
+__all__ = ["convert", "evaluate", "export", "sample", "train"]
 
 
 def _one_line(error):
@@ -113,11 +115,12 @@ def train(args):
 # ----------------------------------------------------------------- sample
 def _fitting_batch(model, num_images, guidance_scale):
     """The largest batch up to DEFAULT_SAMPLE_BATCH (and num_images) whose sampling fits in memory."""
-    batch = min(num_images, DEFAULT_SAMPLE_BATCH)
+    batch = min(num_images, DEFAULT_SAMPLE_BATCH, getattr(model, "max_images", DEFAULT_SAMPLE_BATCH))
     guided = model.num_classes is not None and guidance_scale != 1.0
     while batch > 1:
         try:
-            sampling.check_sampling_memory(model.ema_network, model.image_shape, num_images, batch, guided)
+            sampling.check_sampling_memory(getattr(model, "ema_network", None), model.image_shape, num_images,
+                                           batch, guided)
             break
         except ValueError:
             batch //= 2
@@ -134,8 +137,11 @@ def sample(args):
         _check_output_file(npz, "--npz", "npz", args.overwrite, (".npz",))
     if png is not None and npz is not None and os.path.abspath(png) == os.path.abspath(npz):
         raise CLIError(f"--output and --npz name the same file {png!r}")
-    model = _load(args.model)
-    T = model.diffusion.num_timesteps
+    try:  # a .keras file, a run folder or an exported SavedModel; says which
+        model = load_generator(args.model, log=lambda line: print(line, flush=True))
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--model {_one_line(error)}") from None
+    T = model.num_timesteps if hasattr(model, "num_timesteps") else model.diffusion.num_timesteps
     if args.eta is not None and "eta" not in samplers.get_sampler(args.sampler).options:
         takes = [name for name in samplers.sampler_names() if "eta" in samplers.get_sampler(name).options]
         raise CLIError(f"--eta applies to --sampler {' or '.join(takes)} only. Received: --sampler {args.sampler}")
@@ -144,7 +150,8 @@ def sample(args):
         raise CLIError(f"--steps must be between 1 and the model's T={T}. Received: {steps}")
     num_images = args.num_images or (len(args.labels) if args.labels is not None else 16)
     try:  # the result alone must fit, before labels and layout are made for it
-        sampling.check_sampling_memory(model.ema_network, model.image_shape, num_images, 1, guided=False)
+        sampling.check_sampling_memory(getattr(model, "ema_network", None), model.image_shape, num_images, 1,
+                                       guided=False)
     except ValueError as error:
         raise CLIError(f"cannot sample: {_one_line(error)}") from None
     if args.labels is not None:
@@ -234,4 +241,22 @@ def convert(args):
     print(f"Wrote {args.output}: {model.network.count_params() / 1e6:.1f}M parameters, "
           f"T={model.diffusion.num_timesteps}, {model.diffusion.model_mean_type} prediction, "
           f"sampling spacing {model.spacing!r}")
+    return 0
+
+
+# ----------------------------------------------------------------- export
+def export(args):
+    output = os.path.abspath(args.output)
+    if args.overwrite and os.path.abspath(args.model).startswith(output + os.sep):
+        raise CLIError(f"--model {args.model!r} lies inside --output {args.output!r}, which --overwrite may replace")
+    model = _load(args.model)
+    try:
+        path = export_saved_model(model, args.output, version=args.version, max_images=args.max_images,
+                                  samplers=args.samplers, default_sampler=args.default_sampler,
+                                  jit_compile=bool(args.jit_compile), overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise CLIError(f"--output {_one_line(error)}") from None
+    names = ", ".join("generate_" + name for name in (args.samplers or samplers.sampler_names()))
+    print(f"Wrote {path}: signatures generate (= serving_default, {args.default_sampler}), {names}, denoise; "
+          f"at most {args.max_images} images per request")
     return 0

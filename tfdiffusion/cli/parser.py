@@ -193,7 +193,9 @@ def build_parser():
             "--npz, writes samples.png. Each batch's noise is drawn from --seed and the batch's "
             "offset, so the same flags give the same images."))
     sample.add_argument("--model", required=True, metavar="PATH",
-                        help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+                        help="a .keras model file, a training --output-dir holding model.keras, or a "
+                        "SavedModel written by `tfdiffusion export` (BASE/NAME for its latest version, or "
+                        "BASE/NAME/VERSION) (required)")
     sample.add_argument("--num-images", type=_positive_int,
                         help="number of images (default: the number of --labels, else 16)")
     sample.add_argument("--sampler", choices=samplers.sampler_names(), default="ddim",
@@ -276,6 +278,34 @@ def build_parser():
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing --output (default: refuse)")
     convert.set_defaults(command_name="convert")
+
+    # ----------------------------------------------------------------- export
+    export = commands.add_parser(
+        "export", help="export a trained model as a SavedModel for TF Serving",
+        description=(
+            "Export a model written by `tfdiffusion train` (its EMA weights) as a SavedModel in TF Serving's "
+            "layout, --output/VERSION, written to a hidden temporary folder and renamed into place. "
+            "Signatures: generate_<sampler> for each sampler, generate (= serving_default) for "
+            "--default-sampler, and denoise. Requests above --max-images images, with num_steps outside "
+            "[1, T] or labels out of range are refused in the graph before any work. An existing version is "
+            "never replaced without --overwrite."))
+    export.add_argument("--model", required=True, metavar="PATH",
+                        help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+    export.add_argument("--output", required=True, metavar="BASE/NAME",
+                        help="the model directory a server watches (TF Serving's --model_base_path); the "
+                        "SavedModel goes to BASE/NAME/VERSION (required)")
+    export.add_argument("--version", type=_int_at_least(0),
+                        help="integer version (default: one above the highest in --output, or 1)")
+    export.add_argument("--max-images", type=_positive_int, default=16,
+                        help="the largest batch one request may ask for (default: 16)")
+    export.add_argument("--samplers", nargs="+", choices=samplers.sampler_names(), metavar="SAMPLER",
+                        help="samplers to export, one generate_<sampler> signature each: "
+                        f"{', '.join(samplers.sampler_names())} (default: all)")
+    export.add_argument("--default-sampler", choices=samplers.sampler_names(), default="ddim",
+                        help="the sampler of the generate and serving_default signatures (default: ddim)")
+    _add_jit_flag(export, "no: TF Serving's CPU model server runs XLA only with --xla_cpu_compilation_enabled")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --version (default: refuse)")
+    export.set_defaults(command_name="export")
     return parser
 
 
