@@ -153,7 +153,8 @@ def bpd_timesteps(num_timesteps: int, num_eval_steps: Optional[int] = None,
 
 def calc_bpd_loop(diffusion, model_fn: Callable, x_start: Any, clip_denoised: bool = True,
                   model_kwargs: Optional[dict] = None, seed: Any = None,
-                  num_eval_steps: Optional[int] = None) -> Dict[str, tf.Tensor]:
+                  num_eval_steps: Optional[int] = None,
+                  batch_offset: Optional[Tuple[Any, Any]] = None) -> Dict[str, tf.Tensor]:
     """The variational bound on -log p(x_0) in bits/dim, term by term.
 
     A graph loop (`tf.while_loop` with a fixed trip count, XLA-compatible)
@@ -169,6 +170,10 @@ def calc_bpd_loop(diffusion, model_fn: Callable, x_start: Any, clip_denoised: bo
         seed: int or `[2]` int tensor: noise (and chosen steps).
         num_eval_steps: None for all T terms; K for a stratified
             estimate from K terms (see `bpd_timesteps`).
+        batch_offset: `(first row, global batch)` of `x_start` in a batch
+            split across replicas; None: found from the replica context
+            (`random.batch_offset`). Pass it where that context is not
+            visible (inside a per-replica compiled function).
 
     Returns:
         dict with `total_bpd` `[B]` (prior + weighted sum of terms),
@@ -188,7 +193,7 @@ def calc_bpd_loop(diffusion, model_fn: Callable, x_start: Any, clip_denoised: bo
     num_steps = int(timesteps.shape[0])
     batch = tf.shape(x_start)[0]
     # Example k's noise depends on the seed and k's index in the global batch (also across replicas).
-    offset = tfd_random.batch_offset(batch, even=False)
+    offset = batch_offset if batch_offset is not None else tfd_random.batch_offset(batch, even=False)
 
     def body(i, vb_acc, xstart_acc, mse_acc):
         t = tf.fill([batch], timesteps[i])

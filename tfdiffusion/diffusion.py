@@ -498,10 +498,11 @@ class GaussianDiffusion:
 
     def calc_bpd_loop(self, model_fn: Callable, x_start: Any, clip_denoised: bool = True,
                       model_kwargs: Optional[dict] = None, seed: Any = None,
-                      num_eval_steps: Optional[int] = None) -> Dict[str, tf.Tensor]:
+                      num_eval_steps: Optional[int] = None, batch_offset=None) -> Dict[str, tf.Tensor]:
         """The variational bound on -log p(x_0) in bits/dim, term by term; see `bounds.calc_bpd_loop`."""
         return bounds.calc_bpd_loop(self, model_fn, x_start, clip_denoised=clip_denoised,
-                                    model_kwargs=model_kwargs, seed=seed, num_eval_steps=num_eval_steps)
+                                    model_kwargs=model_kwargs, seed=seed, num_eval_steps=num_eval_steps,
+                                    batch_offset=batch_offset)
 
     # ---------------------------------------------------------------- sampling
     def _sample_loop(self, name, model_fn, shape, num_steps, noise, seed, clip_denoised, model_kwargs,

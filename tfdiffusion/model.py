@@ -173,14 +173,24 @@ class DiffusionModel(keras.Model):
         """
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.network.trainable_variables)
+        return self._without_whole_step_xla(super().make_train_function, force)
+
+    def make_test_function(self, force=False):
+        """Keras' test function; under several replicas with XLA, each compiles its own part (as training)."""
+        # A new test function (e.g. after `set_bpd_evaluation`) retraces the replicas' parts too.
+        self._compiled = {key: fn for key, fn in self._compiled.items() if key[0] != "evaluation"}
+        return self._without_whole_step_xla(super().make_test_function, force)
+
+    def _without_whole_step_xla(self, make_function, force):
+        """`make_function(force)` with Keras' whole-step XLA off where the replicas compile their own part."""
         strategy = self.distribute_strategy
         self._xla_per_replica = bool(self.jit_compile) and strategy.num_replicas_in_sync > 1 and not isinstance(
             strategy, tf.distribute.TPUStrategy)
         if not self._xla_per_replica:
-            return super().make_train_function(force=force)
+            return make_function(force=force)
         self._jit_compile = False  # Keras' own whole-step compilation; the replicas compile their part
         try:
-            return super().make_train_function(force=force)
+            return make_function(force=force)
         finally:
             self._jit_compile = True
 
@@ -361,17 +371,27 @@ class DiffusionModel(keras.Model):
         images, labels = self._unpack(data)
         seed = tfd_random.fold_in(tfd_random.seed_pair(self.evaluation_seed), self.eval_counter + _EVAL_STREAM)
         self.eval_counter.assign_add(1)
-        # A last evaluation batch may split unevenly across replicas.
+        # A last evaluation batch may split unevenly across replicas (the sizes are gathered here,
+        # in the replica context, outside any compiled part).
         offset = tfd_random.batch_offset(tf.shape(images)[0], even=False)
-        _, _, losses = self._diffusion_losses(self.ema_network, images, labels, seed, False, offset)
-        if self.bpd_eval_steps:
-            bound = self.diffusion.calc_bpd_loop(
-                self._network_fn(self.ema_network, False), images,
-                model_kwargs=self._label_kwargs(labels), seed=tfd_random.fold_in(seed, 4),
-                num_eval_steps=None if self.bpd_eval_steps >= self.diffusion.num_timesteps
-                else self.bpd_eval_steps)
-            self.bpd_tracker.update_state(bound["total_bpd"])
+        evaluation = self._per_replica_compiled("evaluation", self._evaluation) if getattr(
+            self, "_xla_per_replica", False) else self._evaluation
+        losses, total_bpd = evaluation(images, labels, seed, offset)
+        if total_bpd is not None:
+            self.bpd_tracker.update_state(total_bpd)
         return self._track(losses)
+
+    def _evaluation(self, images, labels, seed, offset):
+        """One replica's evaluation with the EMA weights: `(losses, total_bpd or None)`."""
+        _, _, losses = self._diffusion_losses(self.ema_network, images, labels, seed, False, offset)
+        if not self.bpd_eval_steps:
+            return losses, None
+        bound = self.diffusion.calc_bpd_loop(
+            self._network_fn(self.ema_network, False), images,
+            model_kwargs=self._label_kwargs(labels), seed=tfd_random.fold_in(seed, 4),
+            num_eval_steps=None if self.bpd_eval_steps >= self.diffusion.num_timesteps
+            else self.bpd_eval_steps, batch_offset=offset)
+        return losses, bound["total_bpd"]
 
     def _track(self, losses):
         self.loss_tracker.update_state(losses["loss"])

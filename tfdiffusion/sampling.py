@@ -139,7 +139,7 @@ class ImageSampler:
             return model_fn
         return samplers.classifier_free_guidance(model_fn, guidance_scale, self.null_label, self.image_shape[-1])
 
-    def _sample(self, noise, seed, *args):
+    def _sample(self, noise, seed, *args, batch_offset=None):
         args = list(args)
         labels = args.pop(0) if self.num_classes is not None else None
         num_steps = args.pop(0)
@@ -147,7 +147,7 @@ class ImageSampler:
         options = dict(zip(self.option_names, args))
         model_kwargs = {} if labels is None else {"y": labels}
         x_0 = self.sampler.sample(self._model_fn(guidance_scale), noise, num_steps, seed, model_kwargs,
-                                  **options)
+                                  batch_offset=batch_offset, **options)
         return images.to_uint8(x_0)
 
     def __call__(self, noise: tf.Tensor, seed: tf.Tensor, num_steps: int, labels: Any = None,
@@ -156,9 +156,9 @@ class ImageSampler:
         """uint8 images `[N, H, W, C]` from x_T `noise` `[N, H, W, C]` (arguments already checked).
 
         With a multi-replica `strategy` the batch is split across the
-        replicas (padded to a multiple of their count) and gathered back in
-        order; every random draw is made for the whole batch and sliced, so
-        the images equal those of one device.
+        replicas in consecutive slices and gathered back in order; every
+        random draw is made for the whole batch and sliced, so the images
+        equal those of one device.
         """
         noise = tf.convert_to_tensor(noise, tf.float32)
         labels = None if self.num_classes is None else tf.convert_to_tensor(labels, tf.int32)
@@ -172,27 +172,34 @@ class ImageSampler:
         return self.function(noise, seed, *([] if labels is None else [labels]), *scalars)
 
     def _replica_function(self, *args):
-        """This replica's own traced function (its own copies of the variables, its own device)."""
+        """This replica's own traced function (its own copies of the variables, its own device).
+
+        The replica's place in the global batch is computed here, in the
+        replica context, and passed in: a function traced inside it does not
+        see the replica context.
+        """
         replica_id = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
         if replica_id not in self._replica_functions:
-            self._replica_functions[replica_id] = tf.function(self._sample, jit_compile=self.jit_compile,
-                                                              autograph=False)
-        return self._replica_functions[replica_id](*args)
+            self._replica_functions[replica_id] = tf.function(
+                lambda offset, total, *a: self._sample(*a, batch_offset=(offset, total)),
+                jit_compile=self.jit_compile, autograph=False)
+        # The split may be uneven (3 images on 2 replicas: 2 and 1), so the sizes are gathered.
+        offset, total = tfd_random.batch_offset(tf.shape(args[0])[0], even=False)
+        return self._replica_functions[replica_id](offset, total, *args)
 
     def _call_distributed(self, strategy, noise, seed, labels, scalars):
         count = int(noise.shape[0])
         replicas = strategy.num_replicas_in_sync
-        per_replica = -(-count // replicas)
-        padding = per_replica * replicas - count
-
-        def pad(values):  # repeat the last row; the real rows' draws do not change (prefix-stable)
-            return tf.concat([values, tf.repeat(values[-1:], padding, axis=0)], 0) if padding else values
+        # Consecutive slices, the first count % replicas one image larger. No padding: XLA's random
+        # draws depend on the whole shape, so every replica draws for exactly the global batch.
+        sizes = [count // replicas + (1 if r < count % replicas else 0) for r in range(replicas)]
+        starts = [sum(sizes[:r]) for r in range(replicas)]
 
         def split(values):
-            values = pad(values)
             return strategy.experimental_distribute_values_from_function(
-                lambda context: values[context.replica_id_in_sync_group * per_replica:
-                                       (context.replica_id_in_sync_group + 1) * per_replica])
+                lambda context: values[starts[context.replica_id_in_sync_group]:
+                                       starts[context.replica_id_in_sync_group]
+                                       + sizes[context.replica_id_in_sync_group]])
 
         key = id(strategy)
         if key not in self._distributed:
@@ -203,4 +210,4 @@ class ImageSampler:
 
             self._distributed[key] = tf.function(run, autograph=False)
         args = [split(noise), seed] + ([] if labels is None else [split(labels)]) + scalars
-        return self._distributed[key](*args)[:count]
+        return self._distributed[key](*args)

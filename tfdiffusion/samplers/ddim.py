@@ -41,7 +41,7 @@ class DDIMSampler(Sampler):
             # Eq. 12: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
             x_prev = (tf.cast(tf.sqrt(abar_prev), tf.float32) * out["pred_xstart"]
                       + tf.cast(direction, tf.float32) * out["pred_eps"])
-            noise = tfd_random.batch_normal(tf.shape(x), tfd_random.fold_in(seed, i))
+            noise = self.batch_noise(x, tfd_random.fold_in(seed, i))
             return (x_prev + tf.cast(sigma, tf.float32) * noise,)
 
         (x_0,) = bounded_loop(num_steps, self.diffusion.num_timesteps, body, (x_T,))

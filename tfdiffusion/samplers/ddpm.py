@@ -50,7 +50,7 @@ class DDPMSampler(Sampler):
             log_variance = diffusion.reverse_log_variance(small, tf.math.log(beta), large,
                                                           out["var_values"], x)
             mean = tf.cast(coef_x0, tf.float32) * out["pred_xstart"] + tf.cast(coef_xt, tf.float32) * x
-            noise = tfd_random.batch_normal(tf.shape(x), tfd_random.fold_in(seed, i))
+            noise = self.batch_noise(x, tfd_random.fold_in(seed, i))
             # Algorithm 2, line 4: no noise at the last step (i = 0).
             scale = tf.where(first, tf.zeros_like(log_variance), tf.exp(0.5 * log_variance))
             return (mean + scale * noise,)

@@ -78,7 +78,8 @@ class Sampler:
         return int(num_steps)
 
     def sample(self, model_fn: Callable, noise: Any, num_steps: Any, seed: Any = None,
-               model_kwargs: Optional[dict] = None, **options) -> tf.Tensor:
+               model_kwargs: Optional[dict] = None, batch_offset: Optional[Tuple[Any, Any]] = None,
+               **options) -> tf.Tensor:
         """Draws x_0 starting from `noise` = x_T.
 
         Args:
@@ -89,6 +90,12 @@ class Sampler:
                 (checked by the caller, e.g. a SavedModel signature).
             seed: int or `[2]` int tensor for the noise of stochastic steps.
             model_kwargs: extra keyword arguments for `model_fn` (e.g. `y`).
+            batch_offset: `(first row, global batch)` of this batch in a
+                larger one split across replicas (`random.batch_offset`);
+                None: the batch is whole (or split evenly across the replicas
+                of the current replica context). Stochastic steps draw their
+                noise for the global batch and keep these rows, so the
+                samples do not depend on how the batch was split.
             **options: the family's run-time options (see `options`).
 
         Returns:
@@ -98,8 +105,16 @@ class Sampler:
             num_steps = self.check_num_steps(num_steps)
         options = self.check_options(options)
         x_T = tf.convert_to_tensor(noise, tf.float32)
-        return self._sample(model_fn, x_T, num_steps, tfd_random.seed_pair(seed), model_kwargs or {},
-                            **options)
+        self._batch_offset = batch_offset
+        try:
+            return self._sample(model_fn, x_T, num_steps, tfd_random.seed_pair(seed), model_kwargs or {},
+                                **options)
+        finally:
+            self._batch_offset = None
+
+    def batch_noise(self, x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """Standard normal noise shaped like `x`, row k from the seed and k's place in the global batch."""
+        return tfd_random.batch_normal(tf.shape(x), seed, getattr(self, "_batch_offset", None))
 
     def _sample(self, model_fn, x_T, num_steps, seed, model_kwargs, **options) -> tf.Tensor:
         raise NotImplementedError
