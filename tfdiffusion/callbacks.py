@@ -5,11 +5,12 @@ import os
 from typing import List, Optional
 
 import keras
+import numpy as np
 
 from tfdiffusion import files
 from tfdiffusion import validation
 
-__all__ = ["AtomicCheckpoint", "StopAtStep", "remove_stale_temp_files"]
+__all__ = ["optimizer_step", "AtomicCheckpoint", "StopAtStep", "remove_stale_temp_files"]
 
 
 def remove_stale_temp_files(directory: str) -> List[str]:
@@ -25,6 +26,11 @@ def remove_stale_temp_files(directory: str) -> List[str]:
             removed.append(path)
     return removed
 
+
+
+def optimizer_step(model) -> int:
+    """The optimizer's step count as an int (also for a variable mirrored across the workers of a cluster)."""
+    return int(np.asarray(keras.ops.convert_to_numpy(model.optimizer.iterations)))
 
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights, EMA, optimizer state, step) to one .keras file.
@@ -48,7 +54,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self._saved_at = None
 
     def _save(self):
-        step = int(self.model.optimizer.iterations)
+        step = optimizer_step(self.model)
         if step == self._saved_at:
             return
         with files.atomic_output(self.path) as tmp:
@@ -56,7 +62,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self._saved_at = step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_steps and int(self.model.optimizer.iterations) % self.every_steps == 0:
+        if self.every_steps and optimizer_step(self.model) % self.every_steps == 0:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -71,5 +77,5 @@ class StopAtStep(keras.callbacks.Callback):
         self.total_steps = validation.check_int("total_steps", total_steps)
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.total_steps:
+        if optimizer_step(self.model) >= self.total_steps:
             self.model.stop_training = True

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfdiffusion import validation
 
-__all__ = ["PRECISIONS", "STRATEGIES", "describe", "get_strategy", "set_precision"]
+__all__ = ["PRECISIONS", "STRATEGIES", "check_global_batch", "describe", "get_strategy", "is_chief", "set_precision"]
 
 STRATEGIES = ("auto", "tpu", "gpu", "multiworker", "cpu")
 # Command-line names of Keras' mixed precision policies.
@@ -137,6 +137,36 @@ def describe(strategy: tf.distribute.Strategy) -> str:
         devices = strategy.extended.worker_devices
     shown = ", ".join(str(d) for d in list(devices)[:8]) + (", ..." if len(devices) > 8 else "")
     return f"Strategy: {kind} on {shown}: {strategy.num_replicas_in_sync} replica(s)"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: True except on the non-chief workers of a cluster.
+
+    The chief is TF_CONFIG's "chief" task, else worker 0 (the
+    `MultiWorkerMirroredStrategy` convention). Every worker still runs every
+    step, collective and sampling call; only the chief writes.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """`batch_size` (the global batch) checked to split evenly into the strategy's replicas.
+
+    Raises:
+        ValueError: it does not divide by the replica count.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"The global batch size must be divisible by the number of replicas ({replicas}: "
+                         f"{describe(strategy)}), so that every replica gets the same static shape. Received: "
+                         f"batch_size={batch_size}; use {max(replicas, batch_size // replicas * replicas)} "
+                         f"or {(batch_size // replicas + 1) * replicas}")
+    return batch_size
 
 
 def set_precision(name: str) -> str:

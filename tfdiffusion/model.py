@@ -291,6 +291,23 @@ class DiffusionModel(keras.Model):
                              "one batch with drop_remainder)")
         self._unpack(first)  # eagerly: the value checks raise ValueError/TypeError here
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' build before `fit`/`evaluate`, without a data batch when nothing needs one.
+
+        Keras reduces the first distributed batch across the replicas to learn
+        its shapes, which fails under `MultiWorkerMirroredStrategy` (a
+        collective over a tuple of per-replica values). This model's layers
+        are built when it is made, and it compiles no loss or metrics objects,
+        so only the optimizer may remain to build.
+        """
+        needs_data = (not all(layer.built for layer in self._flatten_layers())
+                      or (self._compile_metrics is not None and not self._compile_metrics.built)
+                      or (self._compile_loss is not None and not self._compile_loss.built))
+        if needs_data or self._distribute_strategy is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=())
+
     def fit(self, x=None, *args, **kwargs):
         """Keras `fit`, with the data set checked before training and in-graph check failures
         reported as ValueErrors; see `keras.Model.fit`."""
@@ -401,6 +418,12 @@ class DiffusionModel(keras.Model):
                    "vb": self.vb_tracker.result()}
         if self.bpd_eval_steps:
             results["bpd"] = self.bpd_tracker.result()
+        strategy = self.distribute_strategy
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+                strategy.extended._in_multi_worker_mode():
+            # Keras averages a cluster's logs with a reduction over axis 0, which a scalar lacks;
+            # the metrics already hold the global values (their variables are synchronised).
+            results = {name: value[None] for name, value in results.items()}
         return results
 
     def set_bpd_evaluation(self, num_eval_steps: int) -> None:

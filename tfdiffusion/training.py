@@ -32,6 +32,7 @@ import numpy as np
 
 from tfdiffusion import callbacks
 from tfdiffusion import data
+from tfdiffusion import distribute
 from tfdiffusion import files
 from tfdiffusion import images
 from tfdiffusion import presets
@@ -53,7 +54,7 @@ DEFAULT_NUM_SAMPLES = 64
 
 # What a resumed run cannot change: its weights, optimizer and data were made with these.
 FIXED_ON_RESUME = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate",
-                   "num_timesteps", "seed")
+                   "num_timesteps", "seed", "mixed_precision")
 
 
 class RunError(ValueError):
@@ -74,7 +75,12 @@ class TrainSettings:
         seed: weight initialisation, data order and sample noise.
         sampler, sample_steps, num_samples, guidance_scale: the sample grid.
         checkpoint_every: save a checkpoint every this many steps (besides every epoch).
-        jit_compile: compile training and sampling with XLA (None: yes).
+        jit_compile: compile training and sampling with XLA (None: yes; per
+            replica under several replicas, see `DiffusionModel`).
+        strategy: a `distribute.STRATEGIES` name (None: "auto"); may differ
+            on resume (a run moves between machines).
+        mixed_precision: a `distribute.PRECISIONS` name (None: "fp32"); fixed
+            for a run (the optimizer state depends on it).
         skip_unreadable: leave out unreadable files of an image-folder data set
             (None/False: refuse the folder, naming them).
     """
@@ -96,6 +102,8 @@ class TrainSettings:
     checkpoint_every: Optional[int] = None
     jit_compile: Optional[bool] = None
     skip_unreadable: Optional[bool] = None
+    strategy: Optional[str] = None
+    mixed_precision: Optional[str] = None
 
     def given(self) -> Dict[str, Any]:
         """The settings that were set (not None)."""
@@ -116,6 +124,10 @@ def _check_settings(settings: Dict[str, Any]) -> None:
         validation.check_number("guidance_scale", settings["guidance_scale"])
     if settings.get("sampler") is not None:
         validation.check_choice("sampler", settings["sampler"], samplers.sampler_names())
+    if settings.get("strategy") is not None:
+        validation.check_choice("strategy", settings["strategy"], distribute.STRATEGIES)
+    if settings.get("mixed_precision") is not None:
+        validation.check_choice("mixed_precision", settings["mixed_precision"], tuple(distribute.PRECISIONS))
     for flag in ("jit_compile", "skip_unreadable"):
         if settings.get(flag) is not None:
             validation.check_bool(flag, settings[flag])
@@ -146,7 +158,7 @@ def resolve_settings(given: Dict[str, Any], saved: Optional[Dict[str, Any]] = No
                     num_timesteps=preset.num_timesteps, steps=None if settings.get("epochs") else preset.train_steps,
                     epochs=None, seed=0, sampler=preset.sampler, sample_steps=preset.sample_steps,
                     num_samples=DEFAULT_NUM_SAMPLES, guidance_scale=preset.guidance_scale, checkpoint_every=None,
-                    jit_compile=None, skip_unreadable=False)
+                    jit_compile=None, skip_unreadable=False, strategy="auto", mixed_precision="fp32")
     settings = {**defaults, **{k: v for k, v in settings.items() if v is not None}}
     if not explicit_sample_steps:
         settings["sample_steps"] = min(settings["sample_steps"], settings["num_timesteps"])
@@ -193,11 +205,6 @@ def _tensorboard(log_dir, log):
         log(f"TensorBoard is not installed (pip install tensorboard): no logs are written to {log_dir}")
         return []
     return [keras.callbacks.TensorBoard(log_dir)]
-
-
-def _data_seed(seed: int, start_step: int) -> int:
-    """The data order's seed: the run's, reseeded by the step a resumed run starts at."""
-    return seed if start_step == 0 else (seed * 1_000_003 + start_step) % (2**31 - 1)
 
 
 def _prepare_folder(out: str, resume: bool) -> bool:
@@ -294,88 +301,108 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
     if data_folder and os.path.commonpath([os.path.abspath(out), data_folder]) == data_folder:
         raise RunError(f"`output_dir` {out!r} is inside the data set folder {resolved['dataset']!r}: the run's "
                        "files would become training images. Choose a folder outside it")
-    created = _prepare_folder(out, resume)
+    # The strategy first: a multi-worker one must exist before TensorFlow runs anything else.
+    strategy = distribute.get_strategy(resolved["strategy"], log=log)
+    distribute.check_global_batch(resolved["batch_size"], strategy)
+    chief = distribute.is_chief(strategy)
+    previous_policy = keras.mixed_precision.global_policy()
+    distribute.set_precision(resolved["mixed_precision"])
     try:
-        keras.utils.set_random_seed(resolved["seed"])
-        resumed = load_model(checkpoint, compile=True) if resume else None
-        start_step = int(resumed.optimizer.iterations) if resumed is not None and resumed.optimizer else 0
-        dataset = data.load_dataset(
-            resolved["dataset"], None, resolved["image_size"], resolved["batch_size"], training=True,
-            channels=preset.channels, with_labels=None if preset.conditional else False,
-            data_dir=resolved["data_dir"], seed=_data_seed(resolved["seed"], start_step),
-            skip_unreadable=resolved["skip_unreadable"])
-        if dataset.num_skipped:
-            log(f"Skipped {dataset.num_skipped} unreadable image file(s) of {resolved['dataset']!r}")
-        if resolved.get("epochs") is not None and resolved.get("steps") is None:
-            if not dataset.num_examples:
-                raise RunError(f"`epochs` needs the size of data set {resolved['dataset']!r}, which is unknown; "
-                               "give `steps` instead")
-            resolved["steps"] = resolved["epochs"] * (dataset.num_examples // resolved["batch_size"])
-        # One Keras epoch (a progress line, a checkpoint): a pass over the data with
-        # `epochs`, else at most MAX_STEPS_PER_EPOCH steps; a resumed run keeps its epochs.
-        steps_per_epoch = resolved.get("steps_per_epoch")
-        if not steps_per_epoch:
-            total = resolved["steps"]
-            steps_per_epoch = (dataset.num_examples // resolved["batch_size"] if resolved.get("epochs")
-                               else math.ceil(total / math.ceil(total / MAX_STEPS_PER_EPOCH)))
-        resolved["steps_per_epoch"] = int(steps_per_epoch)
-        model = _build_model(resolved, preset, dataset, resumed)
-    except BaseException:
-        if created:  # Leave nothing behind when failing before training.
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
-    write_json(run_file, {k: v for k, v in resolved.items() if k != "jit_compile"})
+        created = _prepare_folder(out, resume)
+        try:
+            keras.utils.set_random_seed(resolved["seed"])
+            with strategy.scope():
+                resumed = load_model(checkpoint, compile=True) if resume else None
+            dataset = data.load_dataset(
+                resolved["dataset"], None, resolved["image_size"], resolved["batch_size"], training=True,
+                channels=preset.channels, with_labels=None if preset.conditional else False,
+                data_dir=resolved["data_dir"], seed=resolved["seed"],
+                skip_unreadable=resolved["skip_unreadable"])
+            if dataset.num_skipped:
+                log(f"Skipped {dataset.num_skipped} unreadable image file(s) of {resolved['dataset']!r}")
+            if resolved.get("epochs") is not None and resolved.get("steps") is None:
+                if not dataset.num_examples:
+                    raise RunError(f"`epochs` needs the size of data set {resolved['dataset']!r}, which is unknown; "
+                                   "give `steps` instead")
+                resolved["steps"] = resolved["epochs"] * (dataset.num_examples // resolved["batch_size"])
+            # One Keras epoch (a progress line, a checkpoint): a pass over the data with
+            # `epochs`, else at most MAX_STEPS_PER_EPOCH steps; a resumed run keeps its epochs.
+            steps_per_epoch = resolved.get("steps_per_epoch")
+            if not steps_per_epoch:
+                total = resolved["steps"]
+                steps_per_epoch = (dataset.num_examples // resolved["batch_size"] if resolved.get("epochs")
+                                   else math.ceil(total / math.ceil(total / MAX_STEPS_PER_EPOCH)))
+            resolved["steps_per_epoch"] = int(steps_per_epoch)
+            with strategy.scope():
+                model = _build_model(resolved, preset, dataset, resumed)
+        except BaseException:
+            if created:  # Leave nothing behind when failing before training.
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+        if not chief:
+            log("This process is not the cluster's chief: it trains and samples with the others, and the "
+                "chief writes the files")
+        if chief:  # the other workers of a cluster train and sample alongside, and write nothing
+            write_json(run_file, {k: v for k, v in resolved.items() if k not in ("jit_compile", "strategy")})
 
-    total, done = resolved["steps"], int(model.optimizer.iterations)
-    shape = "x".join(map(str, model.image_shape))
-    classes = f"{dataset.num_classes} classes" if model.num_classes else "unconditional"
-    log(f"Training preset {preset.name!r} on {resolved['dataset']} ({shape}, {classes}): steps {done} -> {total}, "
-        f"batch {resolved['batch_size']}, lr {resolved['learning_rate']:g}, T={resolved['num_timesteps']}; "
-        f"writing to {out}")
-    history, fit_seconds = {}, 0.0
-    if done < total:
-        fit_begin = time.time()
-        history = model.fit(
-            dataset.batches.repeat(), steps_per_epoch=steps_per_epoch,
-            epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch, shuffle=False,
-            verbose=verbose,
-            callbacks=[callbacks.StopAtStep(total),
-                       callbacks.AtomicCheckpoint(checkpoint, resolved.get("checkpoint_every"))]
-            + _tensorboard(os.path.join(out, LOG_DIR), log)).history
-        fit_seconds = time.time() - fit_begin
-    else:
-        log(f"The checkpoint has already been trained {done} steps (>= {total}); not training.")
+        total, done = resolved["steps"], callbacks.optimizer_step(model)
+        shape = "x".join(map(str, model.image_shape))
+        classes = f"{dataset.num_classes} classes" if model.num_classes else "unconditional"
+        log(f"Training preset {preset.name!r} on {resolved['dataset']} ({shape}, {classes}): steps {done} -> {total}, "
+            f"batch {resolved['batch_size']}, lr {resolved['learning_rate']:g}, T={resolved['num_timesteps']}; "
+            f"writing to {out}")
+        history, fit_seconds = {}, 0.0
+        if done < total:
+            fit_begin = time.time()
+            # The data continue where the checkpoint left them: the same order, `done` batches on.
+            history = model.fit(
+                dataset.batches.repeat().skip(done), steps_per_epoch=steps_per_epoch,
+                epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch, shuffle=False,
+                verbose=verbose,
+                callbacks=[callbacks.StopAtStep(total)]
+                + ([callbacks.AtomicCheckpoint(checkpoint, resolved.get("checkpoint_every"))]
+                   + _tensorboard(os.path.join(out, LOG_DIR), log) if chief else [])).history
+            fit_seconds = time.time() - fit_begin
+        else:
+            log(f"The checkpoint has already been trained {done} steps (>= {total}); not training.")
 
-    model_path = os.path.join(out, MODEL_FILE)
-    with files.atomic_output(model_path) as tmp:
-        model.save(tmp)
-    guidance_scale = resolved["guidance_scale"] if model.num_classes else 1.0
-    log(f"Sampling {resolved['num_samples']} images ({resolved['sampler'].upper()}, {resolved['sample_steps']} "
-        f"steps, guidance {guidance_scale:g})")
-    labels, columns = grid_layout(resolved["num_samples"], model.num_classes)
-    samples = model.generate(resolved["num_samples"], sampler=resolved["sampler"],
-                             num_steps=resolved["sample_steps"], guidance_scale=guidance_scale,
-                             seed=resolved["seed"], labels=labels, jit_compile=resolved["jit_compile"])
-    images.save_grid(samples, os.path.join(out, SAMPLES_FILE), columns=columns)
-    images.save_grid(images.enlarge(samples), os.path.join(out, SAMPLES_LARGE_FILE), columns=columns, padding=4)
+        model_path = os.path.join(out, MODEL_FILE)
+        if chief:
+            with files.atomic_output(model_path) as tmp:
+                model.save(tmp)
+        guidance_scale = resolved["guidance_scale"] if model.num_classes else 1.0
+        log(f"Sampling {resolved['num_samples']} images ({resolved['sampler'].upper()}, {resolved['sample_steps']} "
+            f"steps, guidance {guidance_scale:g})")
+        labels, columns = grid_layout(resolved["num_samples"], model.num_classes)
+        samples = model.generate(resolved["num_samples"], sampler=resolved["sampler"],
+                                 num_steps=resolved["sample_steps"], guidance_scale=guidance_scale,
+                                 seed=resolved["seed"], labels=labels, jit_compile=resolved["jit_compile"])
+        if chief:
+            images.save_grid(samples, os.path.join(out, SAMPLES_FILE), columns=columns)
+            images.save_grid(images.enlarge(samples), os.path.join(out, SAMPLES_LARGE_FILE), columns=columns,
+                             padding=4)
 
-    last = {k: (v[-1] if v else None) for k, v in history.items()}
-    steps_now = int(model.optimizer.iterations)
-    summary = dict(
-        preset=preset.name, dataset=resolved["dataset"], steps=steps_now, steps_this_run=steps_now - done,
-        resumed_from_step=done, batch_size=resolved["batch_size"], learning_rate=resolved["learning_rate"],
-        num_timesteps=resolved["num_timesteps"], seed=resolved["seed"],
-        data_seed=_data_seed(resolved["seed"], done),
-        wall_time_seconds=round(time.time() - begin, 3), train_time_seconds=round(fit_seconds, 3),
-        final_loss=_float_or_none(last.get("loss")), final_mse=_float_or_none(last.get("mse")),
-        final_vb=_float_or_none(last.get("vb")),
-        image_size=model.image_shape[0], channels=model.image_shape[-1], num_classes=model.num_classes,
-        class_names=list(dataset.class_names) if model.num_classes and dataset.class_names else None,
-        samples=dict(file=SAMPLES_FILE, enlarged=SAMPLES_LARGE_FILE, num_images=resolved["num_samples"],
-                     columns=columns, sampler=resolved["sampler"], steps=resolved["sample_steps"],
-                     seed=resolved["seed"], guidance_scale=guidance_scale,
-                     labels=None if labels is None else labels.tolist()),
-    )
-    write_json(os.path.join(out, SUMMARY_FILE), summary)
-    return summary
+        last = {k: (v[-1] if v else None) for k, v in history.items()}
+        steps_now = callbacks.optimizer_step(model)
+        summary = dict(
+            preset=preset.name, dataset=resolved["dataset"], steps=steps_now, steps_this_run=steps_now - done,
+            resumed_from_step=done, batch_size=resolved["batch_size"], learning_rate=resolved["learning_rate"],
+            num_timesteps=resolved["num_timesteps"], seed=resolved["seed"],
+            data_seed=resolved["seed"], strategy=distribute.describe(strategy), chief=chief,
+            mixed_precision=resolved["mixed_precision"],
+            wall_time_seconds=round(time.time() - begin, 3), train_time_seconds=round(fit_seconds, 3),
+            final_loss=_float_or_none(last.get("loss")), final_mse=_float_or_none(last.get("mse")),
+            final_vb=_float_or_none(last.get("vb")),
+            image_size=model.image_shape[0], channels=model.image_shape[-1], num_classes=model.num_classes,
+            class_names=list(dataset.class_names) if model.num_classes and dataset.class_names else None,
+            samples=dict(file=SAMPLES_FILE, enlarged=SAMPLES_LARGE_FILE, num_images=resolved["num_samples"],
+                         columns=columns, sampler=resolved["sampler"], steps=resolved["sample_steps"],
+                         seed=resolved["seed"], guidance_scale=guidance_scale,
+                         labels=None if labels is None else labels.tolist()),
+        )
+        if chief:
+            write_json(os.path.join(out, SUMMARY_FILE), summary)
+        return summary
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)

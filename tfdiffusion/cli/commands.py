@@ -87,7 +87,7 @@ def _progress_printer():
 # ------------------------------------------------------------------ train
 _SETTING_FLAGS = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate", "num_timesteps",
                   "steps", "epochs", "seed", "sampler", "sample_steps", "num_samples", "guidance_scale",
-                  "checkpoint_every", "jit_compile", "skip_unreadable")
+                  "checkpoint_every", "jit_compile", "skip_unreadable", "strategy", "mixed_precision")
 
 
 def train(args):
@@ -101,6 +101,9 @@ def train(args):
               "--resume`", file=sys.stderr)
         return 130
     out = args.output_dir
+    if not summary["chief"]:
+        print("Done (the chief wrote the run's files)")
+        return 0
     log_dir = os.path.join(out, training.LOG_DIR)
     print(f"Wrote\n  model:      {os.path.join(out, training.MODEL_FILE)}\n"
           f"  samples:    {os.path.join(out, training.SAMPLES_FILE)} "
@@ -108,7 +111,6 @@ def train(args):
           f"  summary:    {os.path.join(out, training.SUMMARY_FILE)}\n"
           f"  checkpoint: {os.path.join(out, training.CHECKPOINT_FILE)}"
           + (f"\n  TensorBoard logs: {log_dir}  (tensorboard --logdir {log_dir})" if os.path.isdir(log_dir) else ""))
-    del summary
     return 0
 
 

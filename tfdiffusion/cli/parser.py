@@ -4,6 +4,7 @@ import argparse
 import math
 
 from tfdiffusion import __version__
+from tfdiffusion import distribute
 from tfdiffusion import presets
 from tfdiffusion import samplers
 from tfdiffusion import training
@@ -171,7 +172,15 @@ def build_parser():
     train.add_argument("--guidance-scale", type=_finite_float, metavar="W",
                        help="classifier-free guidance for samples.png of a conditional model "
                        f"(default: the preset's: {_preset_defaults('guidance_scale', '{:g}')})")
-    _add_jit_flag(train, "yes: training and samples compile with XLA")
+    _add_jit_flag(train, "yes: training and samples compile with XLA; per replica under several replicas")
+    train.add_argument("--strategy", choices=distribute.STRATEGIES,
+                       help="where to train: auto (a reachable TPU, else the workers of TF_CONFIG, else all "
+                       "local GPUs, else the CPU), tpu, gpu (all local GPUs), multiworker (TF_CONFIG), cpu; "
+                       "--batch-size is the global batch, split across the replicas (default: auto)")
+    train.add_argument("--mixed-precision", choices=tuple(distribute.PRECISIONS),
+                       help="fp32; bf16 (mixed_bfloat16: TPUs, CPUs with AVX512_BF16 or AMX); fp16 "
+                       "(mixed_float16 with loss scaling: GPUs). Normalisation, softmax, the loss, the "
+                       "schedule and the EMA stay float32 (default: fp32; fixed for a run)")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="also write checkpoints/ckpt.keras every N training steps, so that a kill "
                        "loses at most N steps (default: at the end of every epoch only, at most "
