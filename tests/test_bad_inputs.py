@@ -24,7 +24,7 @@ import tensorflow as tf
 from PIL import Image
 
 import tfdiffusion as tfdiff
-from tfdiffusion import cli, data, images, schedules, training
+from tfdiffusion import cli, data, distribute, images, schedules, training
 from tfdiffusion.diffusion import GaussianDiffusion
 
 T = 10
@@ -277,6 +277,8 @@ def _api_cases():
              ["no batch"]),
         # data
         Case("shapes-split", lambda e: data.load_shapes("valid", 8, 4), ValueError, ["split"]),
+        Case("global-batch-not-divisible", lambda e: distribute.check_global_batch(
+            3, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])), ValueError, ["batch_size=3", "divisible", "2"]),
         Case("shapes-batch-0", lambda e: data.load_shapes("train", 8, 0), ValueError, ["batch_size"]),
         Case("shapes-size-4", lambda e: data.load_shapes("train", 4, 4), ValueError, ["image_size"]),
         Case("folder-missing", lambda e: data.load_image_folder(e.path("nope")), ValueError, ["nope"]),
@@ -386,6 +388,16 @@ def _cli_cases():
         Case("cli-train-corrupt-folder", lambda e: cli_run("train", "--output-dir", e.path("r2"), "--dataset",
                                                            e.corrupt_dir, "--batch-size", 2, "--image-size", 8),
              CLI, ["empty.png"]),
+        Case("cli-train-strategy-unknown", train("--output-dir", "r", "--strategy", "mirrored"), CLI,
+             ["--strategy", "mirrored"]),
+        Case("cli-train-strategy-tpu-unreachable", train("--output-dir", "r", "--strategy", "tpu"), CLI,
+             ["strategy", "no TPU is reachable"]),
+        Case("cli-train-multiworker-without-tf-config", train("--output-dir", "r", "--strategy", "multiworker"),
+             CLI, ["TF_CONFIG"]),
+        Case("cli-train-fp16-without-gpu", train("--output-dir", "r", "--mixed-precision", "fp16"), CLI,
+             ["fp16", "GPU"]),
+        Case("cli-train-precision-unknown", train("--output-dir", "r", "--mixed-precision", "int8"), CLI,
+             ["--mixed-precision", "int8"]),
         Case("cli-train-unknown-dataset", train("--output-dir", "r", "--dataset", "no_such_dataset_xyz"), CLI,
              ["no_such_dataset_xyz"]),
         Case("cli-train-timesteps-1", train("--output-dir", "r", "--num-timesteps", 1), CLI, ["--num-timesteps"]),

@@ -171,3 +171,33 @@ def test_distributed_bits_per_dim_equals_one_device(trained_pair):
         model.set_bpd_evaluation(0)
     assert results[0]["bpd"] == pytest.approx(results[1]["bpd"], rel=1e-5)
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+
+
+def test_mixed_float16_and_bfloat16_loss_curves_follow_float32_on_the_shapes_data():
+    # set_precision refuses fp16 without a GPU (slow kernels); Keras' policy itself runs here, with
+    # the loss scaling of a LossScaleOptimizer that compile adds.
+    images, labels = tfdiff.make_shapes(16, 8, seed=0)
+    images = (images / 127.5 - 1).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4, drop_remainder=True)
+    curves = {}
+    for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(0)
+            unet = tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2),
+                               num_res_blocks=1, attention_resolutions=(4,), dropout=0.0, num_classes=8,
+                               num_groups=4)
+            model = tfdiff.DiffusionModel(unet, tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("cosine", T)))
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        steps = []
+        model.fit(data, verbose=0, callbacks=[keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: steps.append(float(logs["loss"])))])
+        curves[policy] = np.array(steps)
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert len(curves["float32"]) == 4
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        assert np.all(np.isfinite(curves[policy])), policy
+        np.testing.assert_allclose(curves[policy], curves["float32"], rtol=0.05, err_msg=policy)
