@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+import throughput  # benchmarks/throughput.py: the machine description
+
 CELL = r"""
 import json, os, sys, time
 import tensorflow as tf
@@ -74,29 +76,6 @@ print(json.dumps({"seconds": seconds, "first_step_seconds": first, "final_loss":
 """
 
 
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
-    except OSError:
-        return None
-    return None
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
 def run_cell(devices, jit, policy, args):
     payload = json.dumps([devices, jit, policy, args.config, args.batch, args.steps, args.warmup])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -118,8 +97,8 @@ def main(argv=None):
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
     results = {"benchmark": "distribute", "config": args.config, "global_batch": args.batch,
-               "machine": {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
-                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+               "machine": dict(throughput.machine_info(),
+                               load_average_at_start=[round(x, 2) for x in os.getloadavg()]),
                "cells": []}
     for policy in ("float32", "mixed_bfloat16"):
         for jit in (False, True):
