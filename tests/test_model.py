@@ -201,7 +201,7 @@ def test_bad_constructor_arguments():
 def test_label_dropout_rate():
     model = _model(label_dropout=0.3)
     labels = tf.zeros([20000], tf.int32)
-    dropped = model._drop_labels(labels, tf.constant([1, 2], tf.int64)).numpy()
+    dropped = model._drop_labels(labels, tf.constant([1, 2], tf.int64), None).numpy()
     assert set(np.unique(dropped)) == {0, NUM_CLASSES}
     # 20000 draws: standard error of the rate 0.0032.
     assert np.mean(dropped == NUM_CLASSES) == pytest.approx(0.3, abs=0.015)
