@@ -1,0 +1,85 @@
+"""The noise levels an ODE/SDE solver visits: spaced timesteps or Karras sigmas, in the graph from a tensor step count.
+
+A level is described three ways: alpha_bar (the VP process, DPM-Solver's
+alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar)), EDM's noise level
+sigma = sqrt((1 - alpha_bar) / alpha_bar), and the timestep the network is
+called with. For the timestep spacings these come from the schedule's table
+at the spaced timesteps (`StepSchedule`); for "karras" the sigmas follow
+Karras et al. 2022, Eq. 5 (rho = 7) between the table's smallest and largest
+sigma, and the network gets their fractional timesteps
+(`GaussianDiffusion.timestep_from_sigma`).
+"""
+
+from typing import Any
+
+import tensorflow as tf
+
+from tfdiffusion import schedules
+from tfdiffusion.samplers.steps import StepSchedule
+
+__all__ = ["KARRAS", "KARRAS_RHO", "SOLVER_SPACINGS", "NoiseLevels"]
+
+KARRAS = "karras"
+SOLVER_SPACINGS = schedules.SPACINGS + (KARRAS,)
+KARRAS_RHO = 7.0
+
+
+class NoiseLevels:
+    """Levels i = 0 (the least noisy) .. num_steps - 1 (the noisiest); i = -1 is the data.
+
+    A solver steps from level i to level i - 1, so its last step lands on
+    the data (sigma = 0, alpha_bar = 1) from the least noisy level, as DDIM's.
+
+    Args:
+        diffusion: the `GaussianDiffusion`.
+        num_steps: int or int32 scalar tensor in [1, T].
+        spacing: "leading", "trailing", "linspace" or "karras".
+        rho: Karras et al.'s rho (7: their choice).
+    """
+
+    def __init__(self, diffusion, num_steps: Any, spacing: str, rho: float = KARRAS_RHO):
+        if spacing not in SOLVER_SPACINGS:
+            raise ValueError(f"`spacing` must be one of {SOLVER_SPACINGS}. Received: spacing={spacing!r}")
+        self.diffusion = diffusion
+        self.num_steps = tf.cast(num_steps, tf.int32)
+        self.spacing = spacing
+        self.rho = float(rho)
+        self._log_sigmas = tf.constant(diffusion.log_sigmas, tf.float64)
+        self._schedule = None if spacing == KARRAS else StepSchedule(diffusion, num_steps, spacing)
+
+    @property
+    def karras(self) -> bool:
+        """Whether the levels are Karras sigmas (fractional timesteps)."""
+        return self._schedule is None
+
+    def _karras_sigma(self, index: tf.Tensor) -> tf.Tensor:
+        # Karras et al. 2022, Eq. 5 with their index k = N - 1 - index (k = 0: sigma_max).
+        inverse_rho = 1.0 / self.rho
+        high = tf.exp(self._log_sigmas[-1] * inverse_rho)
+        low = tf.exp(self._log_sigmas[0] * inverse_rho)
+        k = tf.cast(self.num_steps - 1 - index, tf.float64)
+        ramp = k / tf.cast(tf.maximum(self.num_steps - 1, 1), tf.float64)
+        return (high + ramp * (low - high)) ** self.rho
+
+    def sigma(self, index: Any) -> tf.Tensor:
+        """float64 scalar: EDM's sigma at level `index` (0 at -1; finite also for zero terminal SNR)."""
+        index = tf.cast(index, tf.int32)
+        if self.karras:
+            value = self._karras_sigma(tf.clip_by_value(index, 0, self.num_steps - 1))
+        else:
+            value = tf.exp(tf.gather(self._log_sigmas, self._schedule.timestep(index)))
+        return tf.where(index < 0, tf.constant(0.0, tf.float64), value)
+
+    def alphas_cumprod(self, index: Any) -> tf.Tensor:
+        """float64 scalar: alpha_bar at level `index` (1 at -1; the table's exact value, 0 included)."""
+        if self.karras:
+            return 1.0 / (1.0 + tf.square(self.sigma(index)))
+        return self._schedule.alphas_cumprod(index)
+
+    def timestep(self, index: Any, batch: tf.Tensor) -> tf.Tensor:
+        """`[batch]` timesteps of level `index`: int32 for the spacings, float32 for "karras"."""
+        if self.karras:
+            t = tf.cast(self.diffusion.timestep_from_sigma(self.sigma(index)), tf.float32)
+        else:
+            t = self._schedule.timestep(index)
+        return tf.fill([batch], t)
