@@ -6,6 +6,8 @@ import line below; `generate`, the CLI and the SavedModel export list
 """
 
 from tfdiffusion.samplers.guidance import classifier_free_guidance
+from tfdiffusion.samplers.levels import KARRAS
+from tfdiffusion.samplers.levels import SOLVER_SPACINGS
 from tfdiffusion.samplers.registry import Sampler
 from tfdiffusion.samplers.registry import bounded_loop
 from tfdiffusion.samplers.registry import get_sampler
@@ -31,6 +33,8 @@ __all__ = [
     "EulerAncestralSampler",
     "EulerSampler",
     "HeunSampler",
+    "KARRAS",
+    "SOLVER_SPACINGS",
     "Sampler",
     "StepSchedule",
     "bounded_loop",

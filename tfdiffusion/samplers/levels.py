@@ -5,23 +5,30 @@ alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar)), EDM's noise level
 sigma = sqrt((1 - alpha_bar) / alpha_bar), and the timestep the network is
 called with. For the timestep spacings these come from the schedule's table
 at the spaced timesteps (`StepSchedule`); for "karras" the sigmas follow
-Karras et al. 2022, Eq. 5 (rho = 7) between the table's smallest and largest
-sigma, and the network gets their fractional timesteps
-(`GaussianDiffusion.timestep_from_sigma`).
+Karras et al. 2022, Eq. 5 (rho = 7) from the table's largest sigma, capped at
+their sigma_max = 80, down to its smallest, and the network gets their
+fractional timesteps (`GaussianDiffusion.timestep_from_sigma`). The cap
+matters for the cosine schedule, whose last sigma is 2e4 (alpha_bar = 2.4e-9
+at T = 1000): from there most Karras levels would lie where the image is
+pure noise (measured on the shapes preset, Heun with 5 steps: class accuracy
+0.14 uncapped, 0.67 capped).
 """
 
 from typing import Any
+
+import math
 
 import tensorflow as tf
 
 from tfdiffusion import schedules
 from tfdiffusion.samplers.steps import StepSchedule
 
-__all__ = ["KARRAS", "KARRAS_RHO", "SOLVER_SPACINGS", "NoiseLevels"]
+__all__ = ["KARRAS", "KARRAS_RHO", "KARRAS_SIGMA_MAX", "SOLVER_SPACINGS", "NoiseLevels"]
 
 KARRAS = "karras"
 SOLVER_SPACINGS = schedules.SPACINGS + (KARRAS,)
 KARRAS_RHO = 7.0
+KARRAS_SIGMA_MAX = 80.0  # Karras et al. 2022, Sec. 5 / Table 1
 
 
 class NoiseLevels:
@@ -55,7 +62,7 @@ class NoiseLevels:
     def _karras_sigma(self, index: tf.Tensor) -> tf.Tensor:
         # Karras et al. 2022, Eq. 5 with their index k = N - 1 - index (k = 0: sigma_max).
         inverse_rho = 1.0 / self.rho
-        high = tf.exp(self._log_sigmas[-1] * inverse_rho)
+        high = tf.exp(tf.minimum(self._log_sigmas[-1], math.log(KARRAS_SIGMA_MAX)) * inverse_rho)
         low = tf.exp(self._log_sigmas[0] * inverse_rho)
         k = tf.cast(self.num_steps - 1 - index, tf.float64)
         ramp = k / tf.cast(tf.maximum(self.num_steps - 1, 1), tf.float64)
