@@ -139,6 +139,10 @@ def model_runs(trained, dirs):
                           "--learning-rate", "0.5", "--no-jit-compile"),
         bad_labels=command("sample", "--model", run / "model.keras", "--labels", f"0,{NUM_CLASSES}",
                            "--steps", 2, "--npz", root / "bad.npz", "--no-jit-compile"),
+        sample_heun=command(*sample, "--sampler", "heun", "--spacing", "karras", "--churn", "1",
+                            "--threshold", "0.995", "--npz", root / "heun.npz"),
+        eta_misused=command("sample", "--model", run / "model.keras", "--sampler", "dpmpp_2m", "--eta", "0.5",
+                            "--npz", root / "eta.npz", "--no-jit-compile"),
     )
     yield runs
     runs.close()
@@ -253,6 +257,16 @@ def test_sample_same_seed_same_images(model_runs, dirs):
     assert not os.path.exists(dirs["root"] / "samples.png")  # --npz alone writes no grid
 
 
+def test_sample_with_a_solver_spacing_churn_and_threshold(model_runs, dirs):
+    result = model_runs["sample_heun"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "heun, 2 steps" in result.stdout
+    with np.load(dirs["root"] / "heun.npz") as saved:
+        assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
+    assert_user_error(model_runs["eta_misused"], "--eta applies to --sampler ddim", "dpmpp_2m_sde",
+                      "Received: --sampler dpmpp_2m")
+
+
 def test_evaluate_prints_bpd_json(model_runs):
     result = model_runs["evaluate"]
     assert result.returncode == 0, result.stderr[-3000:]
@@ -346,7 +360,8 @@ EXPECTED_FLAGS = {
               "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
               "--sampler", "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
               "--no-jit-compile", "--resume"],
-    "sample": ["--model", "--num-images", "--sampler", "--steps", "--eta", "--seed", "--labels",
+    "sample": ["--model", "--num-images", "--sampler", "--steps", "--spacing", "--eta", "--churn", "--threshold",
+               "--seed", "--labels",
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],
     "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",
                  "--num-batches", "--seed"],

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfdiffusion import data
 from tfdiffusion import images
+from tfdiffusion import samplers
 from tfdiffusion import training
 from tfdiffusion.convert import convert_diffusers
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
@@ -90,9 +91,16 @@ def sample(args):
             _check_output_file(path, flag)
     model = _load(args.model)
     T = model.diffusion.num_timesteps
-    if args.eta is not None and args.sampler != "ddim":
-        raise CLIError(f"--eta applies to --sampler ddim only. Received: --sampler {args.sampler}")
-    steps = args.steps or (min(DEFAULT_SAMPLE_STEPS, T) if args.sampler == "ddim" else T)
+    options = {name: value for name, value in (("eta", args.eta), ("churn", args.churn)) if value is not None}
+    takes = samplers.get_sampler(args.sampler).options
+    for name in options:
+        if name not in takes:
+            users = [s for s in samplers.sampler_names() if name in samplers.get_sampler(s).options]
+            raise CLIError(f"--{name} applies to --sampler {', '.join(users)} only. "
+                           f"Received: --sampler {args.sampler}")
+    if args.threshold is not None and args.threshold > 1:
+        raise CLIError(f"--threshold must be a percentile in (0, 1]. Received: {args.threshold}")
+    steps = args.steps or (T if args.sampler == "ddpm" else min(DEFAULT_SAMPLE_STEPS, T))
     if steps > T:
         raise CLIError(f"--steps must be between 1 and the model's T={T}. Received: {steps}")
     if args.labels is not None:
@@ -110,7 +118,8 @@ def sample(args):
     print(f"Sampling {num_images} images ({args.sampler}, {steps} steps, seed {seed})", flush=True)
     try:
         generated = model.generate(num_images, sampler=args.sampler, num_steps=steps, seed=seed, labels=labels,
-                                   guidance_scale=args.guidance_scale, eta=args.eta,
+                                   guidance_scale=args.guidance_scale, options=options, spacing=args.spacing,
+                                   threshold=args.threshold,
                                    batch_size=args.batch_size, jit_compile=args.jit_compile,
                                    progress=_progress_printer())
     except (ValueError, TypeError) as error:

@@ -191,12 +191,23 @@ def build_parser():
     sample.add_argument("--num-images", type=_positive_int,
                         help="number of images (default: the number of --labels, else 16)")
     sample.add_argument("--sampler", choices=samplers.sampler_names(), default="ddim",
-                        help="ddim (deterministic with --eta 0) or ddpm (ancestral) (default: ddim)")
+                        help="ddim (deterministic with --eta 0), ddpm (ancestral), dpmpp_2m, dpmpp_3m, "
+                        "dpmpp_2m_sde (DPM-Solver++), euler, heun, euler_ancestral (Karras et al.) "
+                        "(default: ddim)")
     sample.add_argument("--steps", type=_positive_int,
-                        help=f"sampling steps in [1, T], evenly spaced (default: ddim {DEFAULT_SAMPLE_STEPS} "
-                        "capped at T; ddpm T)")
+                        help=f"sampling steps in [1, T] (default: {DEFAULT_SAMPLE_STEPS} capped at T; ddpm T); "
+                        "heun makes 2 network calls per step but the last")
+    sample.add_argument("--spacing", choices=samplers.SOLVER_SPACINGS,
+                        help="how the steps spread over the T timesteps; karras (Karras et al.'s sigmas) "
+                        "for the dpmpp_* and euler/heun samplers only (default: the model's)")
     sample.add_argument("--eta", type=_float_in(0.0, strict=False),
-                        help="DDIM noise scale; 0 is deterministic, 1 DDPM-like (default: 0; ddim only)")
+                        help="noise scale of ddim (default 0: deterministic), euler_ancestral and "
+                        "dpmpp_2m_sde (default 1); those samplers only")
+    sample.add_argument("--churn", type=_float_in(0.0, strict=False),
+                        help="Karras et al.'s S_churn for euler and heun (default: 0, deterministic)")
+    sample.add_argument("--threshold", type=_float_in(0.0, strict=True), metavar="P",
+                        help="dynamic thresholding of each predicted x_0 at percentile P in (0, 1] "
+                        "(Saharia et al. 2022; 0.995 in the paper) instead of clipping (default: off)")
     sample.add_argument("--seed", type=int,
                         help="random seed; the same seed gives the same images (default: a random "
                         "seed, printed)")
