@@ -10,6 +10,7 @@ import tfdiffusion as tfdiff
 from tfdiffusion import random as tfd_random
 from tfdiffusion import samplers, schedules
 from tfdiffusion.diffusion import GaussianDiffusion
+from tfdiffusion.samplers import levels
 
 NEW = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "euler", "heun", "euler_ancestral")
 DPM = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde")
@@ -463,7 +464,7 @@ def test_bad_names_options_and_percentiles():
             samplers.get_sampler("dpmpp_2m")(diffusion, threshold=bad)
 
 
-# ---------------------------------- GaussianDiffusion between trained steps
+# ------------------------------- noise levels between trained steps
 def test_timestep_from_sigma_interpolates_log_sigma():
     betas = schedules.get_beta_schedule("cosine", T_SMALL)
     log_sigmas = _log_sigmas(_alphas_cumprod(betas))
@@ -471,7 +472,7 @@ def test_timestep_from_sigma_interpolates_log_sigma():
     rng = np.random.default_rng(8)
     sig = np.concatenate([np.exp(rng.uniform(log_sigmas[0], log_sigmas[-1], 20)), np.exp(log_sigmas[[0, 7, -1]]),
                           [1e-4, 1e6]])  # inside, on the table, outside (clamped)
-    got = diffusion.timestep_from_sigma(tf.constant(sig)).numpy()
+    got = levels.timestep_from_sigma(diffusion, tf.constant(sig)).numpy()
     np.testing.assert_allclose(got, _timestep_of_sigma(sig, log_sigmas), atol=1e-9)
     np.testing.assert_allclose(got[20:23], [0, 7, T_SMALL - 1], atol=1e-9)
 

@@ -23,9 +23,6 @@ HYBRID_VLB_WEIGHT = 0.001
 # Schedule values the conversions between eps, x0 and v use.
 _CONVERSION_COEFFICIENTS = ("sqrt_abar", "sqrt_one_minus_abar", "sqrt_recip_abar", "sqrt_recipm1_abar")
 
-# The alpha_bar a zero-terminal-SNR step counts as where a finite sigma is needed (as diffusers).
-MIN_ALPHAS_CUMPROD = 2.0**-24
-
 
 def posterior_coefficients(alphas_cumprod, alphas_cumprod_prev):
     """The step t-1 <- t of a process with alpha_bar_t and alpha_bar_{t-1} (DDPM Eq. 6-7).
@@ -185,10 +182,6 @@ class GaussianDiffusion:
                 mse_weight=mse_weight,
             )
         self._tf = {name: _constant(value) for name, value in self._np.items()}
-        # EDM's log sigma = log sqrt((1 - abar) / abar), ascending in t; abar = 0 counts as 2^-24.
-        floored = np.maximum(abar, MIN_ALPHAS_CUMPROD)
-        self.log_sigmas = 0.5 * (np.log1p(-floored) - np.log(floored))
-        self._log_sigmas = tf.constant(self.log_sigmas, tf.float64)
         self._timestep_map = tf.constant(self.timestep_map, dtype=tf.int32)
 
     # ------------------------------------------------------------------ config
@@ -254,8 +247,8 @@ class GaussianDiffusion:
         """The trained-process timesteps the model is called with at this process's `t`.
 
         Integer `t` gathers `timestep_map` (int32); float `t` (a noise level
-        between steps, see `timestep_from_sigma`) interpolates it linearly
-        (float32).
+        between steps, e.g. `samplers.levels.timestep_from_sigma`) interpolates
+        it linearly (float32).
         """
         t = tf.convert_to_tensor(t)
         if t.dtype.is_integer:
@@ -266,33 +259,6 @@ class GaussianDiffusion:
         mapped = tf.cast(self._timestep_map, tf.float32)
         return tf.gather(mapped, low) + (t - tf.cast(low, tf.float32)) * (
             tf.gather(mapped, high) - tf.gather(mapped, low))
-
-    def timestep_from_sigma(self, sigma: Any) -> tf.Tensor:
-        """The fractional timestep of noise level `sigma` = sqrt((1 - abar) / abar) (EDM's sigma).
-
-        log sigma is interpolated linearly between the two timesteps whose
-        sigmas bracket it (as k-diffusion's wrappers of discrete-time models
-        do), clamped to [0, T - 1]; a sigma of the table gives its integer
-        timestep. A last alpha_bar of 0 (zero terminal SNR) counts as 2^-24.
-
-        Args:
-            sigma: float tensor of positive noise levels, any shape.
-
-        Returns:
-            float64 timesteps of `sigma`'s shape, in this process's numbering
-            (`model_timesteps` maps them to the trained one).
-        """
-        log_sigma = tf.math.log(tf.cast(sigma, tf.float64))
-        table = self._log_sigmas
-        flat = tf.reshape(log_sigma, [-1, 1])
-        # Index of the last table entry <= log sigma (table ascending), kept in [0, T - 2].
-        below = tf.reduce_sum(tf.cast(table[None, :] <= flat, tf.int32), axis=1) - 1
-        low = tf.clip_by_value(below, 0, max(self.num_timesteps - 2, 0))
-        high = tf.minimum(low + 1, self.num_timesteps - 1)
-        lo, hi = tf.gather(table, low), tf.gather(table, high)
-        step = tf.where(hi > lo, hi - lo, tf.ones_like(hi))
-        frac = tf.clip_by_value((flat[:, 0] - lo) / step, 0.0, 1.0)
-        return tf.reshape(tf.cast(low, tf.float64) + frac, tf.shape(log_sigma))
 
     def _check_t(self, t, x):
         return validation.check_timesteps(t, self.num_timesteps, batch=x.shape[0], validate=self.validate_args)
@@ -447,7 +413,7 @@ class GaussianDiffusion:
 
         For solvers that visit noise levels between the trained timesteps
         (Karras sigmas, stochastic churn): the model gets the (fractional)
-        timestep `t`, from `timestep_from_sigma`, mapped by `model_timesteps`;
+        timestep `t` (`samplers.levels.timestep_from_sigma`), mapped by `model_timesteps`;
         its output is converted with `alphas_cumprod` itself, not with a table
         value. On the table (integer `t`, its alpha_bar) this equals
         `model_predictions` up to float32 rounding of the coefficients.

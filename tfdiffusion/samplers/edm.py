@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfdiffusion import random as tfd_random
 from tfdiffusion.samplers.levels import SOLVER_SPACINGS
 from tfdiffusion.samplers.levels import NoiseLevels
+from tfdiffusion.samplers.levels import timestep_from_sigma
 from tfdiffusion.samplers.registry import Sampler
 from tfdiffusion.samplers.registry import bounded_loop
 from tfdiffusion.samplers.registry import register_sampler
@@ -23,7 +24,7 @@ class _EDMSampler(Sampler):
 
     The network of a discrete-time model is the denoiser D(x; sigma): it is
     called with x / sqrt(1 + sigma^2) (the VP sample) at the fractional
-    timestep of sigma (`GaussianDiffusion.timestep_from_sigma`, float32
+    timestep of sigma (`levels.timestep_from_sigma`, float32
     timesteps) and its output gives x_0 (clipped or thresholded as
     configured; learned variances are not used). The state starts at
     x_T sqrt(1 + sigma_max^2), the same VP noise as the other samplers, and
@@ -36,7 +37,7 @@ class _EDMSampler(Sampler):
     def denoise(self, model_fn, x, sigma, model_kwargs):
         """D(x; sigma): x_0 predicted from EDM's x `[B, ...]` at float64 scalar sigma > 0."""
         alphas_cumprod = 1.0 / (1.0 + tf.square(sigma))
-        t = tf.fill(tf.shape(x)[:1], tf.cast(self.diffusion.timestep_from_sigma(sigma), tf.float32))
+        t = tf.fill(tf.shape(x)[:1], tf.cast(timestep_from_sigma(self.diffusion, sigma), tf.float32))
         x_vp = x * tf.cast(tf.sqrt(alphas_cumprod), tf.float32)
         return self.predictions_at(model_fn, x_vp, t, alphas_cumprod, model_kwargs)["pred_xstart"]
 

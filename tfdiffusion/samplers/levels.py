@@ -7,28 +7,70 @@ called with. For the timestep spacings these come from the schedule's table
 at the spaced timesteps (`StepSchedule`); for "karras" the sigmas follow
 Karras et al. 2022, Eq. 5 (rho = 7) from the table's largest sigma, capped at
 their sigma_max = 80, down to its smallest, and the network gets their
-fractional timesteps (`GaussianDiffusion.timestep_from_sigma`). The cap
+fractional timesteps (`timestep_from_sigma`). The cap
 matters for the cosine schedule, whose last sigma is 2e4 (alpha_bar = 2.4e-9
 at T = 1000): from there most Karras levels would lie where the image is
 pure noise (measured on the shapes preset, Heun with 5 steps: class accuracy
 0.14 uncapped, 0.67 capped).
 """
 
+import math
 from typing import Any
 
-import math
-
+import numpy as np
 import tensorflow as tf
 
 from tfdiffusion import schedules
 from tfdiffusion.samplers.steps import StepSchedule
 
-__all__ = ["KARRAS", "KARRAS_RHO", "KARRAS_SIGMA_MAX", "SOLVER_SPACINGS", "NoiseLevels"]
+__all__ = ["KARRAS", "KARRAS_RHO", "KARRAS_SIGMA_MAX", "MIN_ALPHAS_CUMPROD", "SOLVER_SPACINGS", "NoiseLevels",
+           "log_sigmas", "timestep_from_sigma"]
 
 KARRAS = "karras"
 SOLVER_SPACINGS = schedules.SPACINGS + (KARRAS,)
 KARRAS_RHO = 7.0
 KARRAS_SIGMA_MAX = 80.0  # Karras et al. 2022, Sec. 5 / Table 1
+# The alpha_bar a zero-terminal-SNR step counts as where a finite sigma is needed (as diffusers).
+MIN_ALPHAS_CUMPROD = 2.0**-24
+
+
+def log_sigmas(diffusion) -> np.ndarray:
+    """float64 `[T]`: EDM's log sigma = log sqrt((1 - abar) / abar) per step, ascending in t.
+
+    An alpha_bar of 0 (zero terminal SNR) counts as `MIN_ALPHAS_CUMPROD`.
+    """
+    floored = np.maximum(diffusion.alphas_cumprod, MIN_ALPHAS_CUMPROD)
+    return 0.5 * (np.log1p(-floored) - np.log(floored))
+
+
+def timestep_from_sigma(diffusion, sigma: Any) -> tf.Tensor:
+    """The fractional timestep of noise level `sigma` = sqrt((1 - abar) / abar) (EDM's sigma).
+
+    log sigma is interpolated linearly between the two timesteps whose
+    sigmas bracket it (as k-diffusion's wrappers of discrete-time models
+    do), clamped to [0, T - 1]; a sigma of the table gives its integer
+    timestep.
+
+    Args:
+        diffusion: the `GaussianDiffusion`.
+        sigma: float tensor of positive noise levels, any shape.
+
+    Returns:
+        float64 timesteps of `sigma`'s shape, in the diffusion's numbering
+        (its `model_timesteps` maps them to the trained one).
+    """
+    num_timesteps = diffusion.num_timesteps
+    table = tf.constant(log_sigmas(diffusion), tf.float64)
+    log_sigma = tf.math.log(tf.cast(sigma, tf.float64))
+    flat = tf.reshape(log_sigma, [-1, 1])
+    # Index of the last table entry <= log sigma (table ascending), kept in [0, T - 2].
+    below = tf.reduce_sum(tf.cast(table[None, :] <= flat, tf.int32), axis=1) - 1
+    low = tf.clip_by_value(below, 0, max(num_timesteps - 2, 0))
+    high = tf.minimum(low + 1, num_timesteps - 1)
+    lo, hi = tf.gather(table, low), tf.gather(table, high)
+    step = tf.where(hi > lo, hi - lo, tf.ones_like(hi))
+    frac = tf.clip_by_value((flat[:, 0] - lo) / step, 0.0, 1.0)
+    return tf.reshape(tf.cast(low, tf.float64) + frac, tf.shape(log_sigma))
 
 
 class NoiseLevels:
@@ -51,7 +93,7 @@ class NoiseLevels:
         self.num_steps = tf.cast(num_steps, tf.int32)
         self.spacing = spacing
         self.rho = float(rho)
-        self._log_sigmas = tf.constant(diffusion.log_sigmas, tf.float64)
+        self._log_sigmas = tf.constant(log_sigmas(diffusion), tf.float64)
         self._schedule = None if spacing == KARRAS else StepSchedule(diffusion, num_steps, spacing)
 
     @property
@@ -86,7 +128,7 @@ class NoiseLevels:
     def timestep(self, index: Any, batch: tf.Tensor) -> tf.Tensor:
         """`[batch]` timesteps of level `index`: int32 for the spacings, float32 for "karras"."""
         if self.karras:
-            t = tf.cast(self.diffusion.timestep_from_sigma(self.sigma(index)), tf.float32)
+            t = tf.cast(timestep_from_sigma(self.diffusion, self.sigma(index)), tf.float32)
         else:
             t = self._schedule.timestep(index)
         return tf.fill([batch], t)
