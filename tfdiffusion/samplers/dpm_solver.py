@@ -14,6 +14,12 @@ from tfdiffusion.samplers.registry import register_sampler
 __all__ = ["DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M"]
 
 
+def _order_reason(order: int) -> str:
+    """Why a solver of `order` needs 2 order - 1 steps (the `min_steps` message)."""
+    return (f"its order-{order} steps need {order - 1} earlier prediction(s) and its last {order - 1} "
+            f"step(s) lower the order, so fewer than {2 * order - 1} steps never take one.")
+
+
 def _log_snr(alphas_cumprod: tf.Tensor) -> tf.Tensor:
     """lambda = log(alpha / sigma) = (log abar - log(1 - abar)) / 2: -inf at abar = 0, +inf at 1."""
     return 0.5 * (tf.math.log(alphas_cumprod) - tf.math.log1p(-alphas_cumprod))
@@ -42,12 +48,6 @@ class _DPMSolverPP(Sampler):
     spacings = SOLVER_SPACINGS
     order: ClassVar[int] = 2
     stochastic: ClassVar[bool] = False
-
-    @classmethod
-    def _min_steps_reason(cls) -> str:
-        return (f"its order-{cls.order} steps need {cls.order - 1} earlier prediction(s), and its "
-                f"last {cls.order - 1} step(s) lower the order, so fewer than {2 * cls.order - 1} "
-                "steps never take one.")
 
     def _sample(self, model_fn, x_T, num_steps, seed, model_kwargs, eta=0.0):
         levels = NoiseLevels(self.diffusion, num_steps, self.spacing)
@@ -139,6 +139,7 @@ class DPMSolverPP2M(_ODESolver):
     name = "dpmpp_2m"
     order = 2
     min_steps = 3
+    min_steps_reason = _order_reason(2)
 
 
 @register_sampler
@@ -152,6 +153,7 @@ class DPMSolverPP3M(_ODESolver):
     name = "dpmpp_3m"
     order = 3
     min_steps = 5
+    min_steps_reason = _order_reason(3)
 
 
 @register_sampler
@@ -174,6 +176,7 @@ class DPMSolverPP2MSDE(_DPMSolverPP):
     name = "dpmpp_2m_sde"
     order = 2
     min_steps = 3
+    min_steps_reason = _order_reason(2)
     stochastic = True
     options = {"eta": 1.0}
 
@@ -189,5 +192,3 @@ class DPMSolverPP2MSDE(_DPMSolverPP):
         return _select(order, first, second) + (noise,)
 
 
-for _cls in (DPMSolverPP2M, DPMSolverPP3M, DPMSolverPP2MSDE):
-    _cls.min_steps_reason = _cls._min_steps_reason()
