@@ -1,6 +1,7 @@
 """Do class-conditional samples show their class? The shapes network shipped with tfdiffusion judges.
 
     python benchmarks/sample_quality.py --model runs/shapes/model.keras
+    python benchmarks/sample_quality.py --model saved_models/shapes     # an exported SavedModel
 
 Reports the shipped shapes classifier's accuracy on the held-out split at the
 model's resolution (`features.shapes_features("logits")`, trained by
@@ -14,13 +15,13 @@ import json
 import platform
 import time
 
-import keras
 import numpy as np
 
 from tfdiffusion import features
 from tfdiffusion import metrics
 from tfdiffusion import presets
 from tfdiffusion import shapes
+from tfdiffusion.served_model import load_generator
 
 
 def held_out_accuracy(classifier, image_size, num_images=2000):
@@ -31,7 +32,8 @@ def held_out_accuracy(classifier, image_size, num_images=2000):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a .keras DiffusionModel trained on shapes")
+    parser.add_argument("--model", required=True,
+                        help="a .keras DiffusionModel trained on shapes, or its exported SavedModel")
     parser.add_argument("--per-class", type=int, default=32, help="samples per class (default: 32)")
     grid = presets.get_preset("shapes")  # default: what `tfdiffusion train` draws samples.png with
     parser.add_argument("--sampler", default=grid.sampler, help=f"ddim or ddpm (default: {grid.sampler})")
@@ -42,7 +44,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     args = parser.parse_args(argv)
 
-    model = keras.models.load_model(args.model)
+    model = load_generator(args.model)
     if model.num_classes != len(shapes.CLASS_NAMES):
         parser.error(f"the model must be conditional on the {len(shapes.CLASS_NAMES)} shapes classes; "
                      f"it has num_classes={model.num_classes}")
@@ -52,7 +54,8 @@ def main(argv=None):
     labels = np.repeat(np.arange(model.num_classes), args.per_class).astype(np.int32)
     start = time.time()
     samples = model.generate(len(labels), sampler=args.sampler, num_steps=args.steps, seed=args.seed,
-                             labels=labels, guidance_scale=args.guidance_scale, batch_size=128)
+                             labels=labels, guidance_scale=args.guidance_scale,
+                             batch_size=min(128, getattr(model, "max_images", 128)))
     sample_seconds = time.time() - start
     predicted = np.argmax(classifier(samples).numpy(), axis=-1)
     per_class = {name: float(np.mean(predicted[labels == k] == k)) for k, name in enumerate(shapes.CLASS_NAMES)}

@@ -151,6 +151,22 @@ def test_calc_bpd_loop_against_numpy_loop(var_type):
     assert got["mse"].shape == (2, T) and np.all(np.isfinite(got["mse"]))
 
 
+def test_total_includes_a_non_negligible_prior_term():
+    # A short, gentle schedule (alpha_bar_T = 0.95^10 = 0.60) leaves a prior KL of over 0.1 bits/dim,
+    # where the cosine T = 20 schedule's is ~1e-6: leaving the prior out of the total shows here.
+    betas = np.full(10, 0.05)
+    rng = np.random.default_rng(12)
+    x0 = rng.integers(0, 256, (2, 4, 4, 3)) / 127.5 - 1
+    c = np.clip(x0 + rng.normal(0, 0.1, x0.shape), -1, 1)
+    diffusion = GaussianDiffusion(betas, "x0")
+    got = diffusion.calc_bpd_loop(lambda x, t: tf.constant(c, tf.float32), x0.astype(np.float32), seed=0)
+    vb, prior, total, _ = _reference_bound(betas, x0, c, "fixed_small")
+    assert prior.min() > 0.1
+    np.testing.assert_allclose(got["prior_bpd"], prior, rtol=1e-4)
+    np.testing.assert_allclose(got["total_bpd"], total, rtol=2e-3)
+    np.testing.assert_allclose(got["total_bpd"] - got["prior_bpd"], vb.sum(axis=1), rtol=2e-3)
+
+
 def _oracle(diffusion, x0):
     def model_fn(x_t, t):
         a = tf.gather(tf.sqrt(tf.constant(np.cumprod(1 - diffusion.betas), tf.float32)), t)[:, None, None, None]

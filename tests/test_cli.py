@@ -366,6 +366,8 @@ EXPECTED_FLAGS = {
     "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",
                  "--num-batches", "--seed"],
     "convert": ["--from-diffusers", "--output", "--overwrite"],
+    "export": ["--model", "--output", "--version", "--max-images", "--samplers", "--default-sampler",
+               "--jit-compile", "--overwrite"],
 }
 
 

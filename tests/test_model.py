@@ -172,7 +172,7 @@ def test_unconditional_model_rejects_labels_and_guidance():
     (np.full([4, 8, 8, 3], 3.0), [0, 0, 0, 0], ValueError, r"\[-1, 1\]"),
     (np.full([4, 8, 8, 3], np.nan), [0, 0, 0, 0], ValueError, "NaN"),
     (np.zeros([4, 8, 8, 3]), [0, 1, 2, 3], ValueError, r"labels.*\[0, 3\)"),
-    (np.zeros([4, 8, 8, 3]), [0.5, 1.7, 0.0, 1.0], TypeError, "integers"),
+    (np.zeros([4, 8, 8, 3]), [0.5, 1.7, 0.0, 1.0], TypeError, "integer labels"),
     (np.zeros([4, 8, 8, 3]), None, ValueError, "yields no labels"),
 ])
 def test_fit_rejects_bad_batches(images, labels, error, match):
@@ -387,3 +387,27 @@ def test_guidance_without_trained_null_label_warns():
     model = _model(label_dropout=0.0)
     with pytest.warns(UserWarning, match="label_dropout=0"):
         model.generate(2, num_steps=1, guidance_scale=2.0, jit_compile=False)
+
+
+# --------------------------------------------------- bad input (issue 8)
+def test_second_fit_on_another_image_size_is_refused_before_training(trained):
+    model = trained["model"]
+    before = _weights(model.network)
+    other = tf.data.Dataset.from_tensor_slices((np.zeros([4, 16, 16, 3], np.float32),
+                                                np.zeros([4], np.int32))).batch(4)
+    with pytest.raises(ValueError, match=r"images of shape \[B, 8, 8, 3\].*\(None, 16, 16, 3\)"):
+        model.fit(other, verbose=0)
+    for w, b in zip(model.network.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_errors_inside_the_compiled_step_come_with_their_message_first():
+    # The first batch is fine (checked eagerly before training); the second has a label out of
+    # range, found by the in-graph check of the (non-XLA) train step.
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    labels = np.array([0, 1, 2, 0, 0, 1, 2, 7], np.int32)
+    images = (np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)) / 127.5 - 1).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^`labels` must be in \[0, 3\).*checked in the compiled step") as info:
+        model.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4), verbose=0)
+    assert "Graph execution error" not in str(info.value)

@@ -20,6 +20,8 @@ from tfdiffusion.data import load_image_folder
 from tfdiffusion.data import load_shapes
 from tfdiffusion.data import load_tfds
 from tfdiffusion.diffusion import GaussianDiffusion
+from tfdiffusion.export import export_onnx
+from tfdiffusion.export import export_saved_model
 from tfdiffusion.loading import load_model
 from tfdiffusion.model import DiffusionModel
 from tfdiffusion.nn import UNet
@@ -32,6 +34,8 @@ from tfdiffusion.samplers import get_sampler
 from tfdiffusion.samplers import register_sampler
 from tfdiffusion.samplers import sampler_names
 from tfdiffusion.schedules import get_beta_schedule
+from tfdiffusion.served_model import load_generator
+from tfdiffusion.served_model import load_saved_model
 from tfdiffusion.schedules import space_timesteps
 from tfdiffusion.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 from tfdiffusion.shapes import make_shapes
@@ -53,13 +57,17 @@ __all__ = [
     "classifier_free_guidance",
     "convert_diffusers",
     "discretized_gaussian_log_likelihood",
+    "export_onnx",
+    "export_saved_model",
     "from_diffusers",
     "get_beta_schedule",
     "get_preset",
     "get_sampler",
     "load_dataset",
+    "load_generator",
     "load_image_folder",
     "load_model",
+    "load_saved_model",
     "load_shapes",
     "load_tfds",
     "make_shapes",

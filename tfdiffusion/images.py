@@ -55,19 +55,21 @@ def make_grid(images: Any, columns: Optional[int] = None, padding: int = 1, pad_
     return grid
 
 
-def save_grid(images: Any, path: str, columns: Optional[int] = None, padding: int = 1) -> None:
-    """Writes `make_grid(images, columns, padding)` to `path` as a PNG, atomically.
+def save_grid(images: Any, path: str, columns: Optional[int] = None, padding: int = 1,
+              image_format: str = "PNG") -> None:
+    """Writes `make_grid(images, columns, padding)` to `path` as a PNG (or JPEG), atomically.
 
     Args:
         images: uint8 `[N, H, W, C]`, C = 1 (saved as 8-bit grayscale) or 3 (RGB).
         path: the .png file to write.
         columns: images per row; None for ceil(sqrt(N)).
         padding: pixels of black around and between images.
+        image_format: "PNG" (lossless) or "JPEG".
     """
     grid = make_grid(images, columns=columns, padding=padding)
     picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     with files.atomic_output(path) as tmp:
-        picture.save(tmp, format="PNG")
+        picture.save(tmp, format=validation.check_choice("image_format", image_format, ("PNG", "JPEG")))
 
 
 def save_npz(path: str, images: Any, labels: Any = None) -> None:

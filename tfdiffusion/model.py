@@ -1,5 +1,7 @@
 """`DiffusionModel(keras.Model)`: train_step/test_step on a `GaussianDiffusion`, EMA weights, `generate`."""
 
+import contextlib
+import re
 import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
@@ -19,6 +21,23 @@ __all__ = ["DiffusionModel"]
 
 # Evaluation draws come from a stream of their own, far from the training steps'.
 _EVAL_STREAM = 1 << 40
+
+
+@contextlib.contextmanager
+def _assertion_errors_as_value_errors():
+    """Re-raises a failed in-graph check of a compiled step as a ValueError with its message first.
+
+    TensorFlow reports them as "Graph execution error: Detected at node ..." with
+    the message deep inside; the user gets "`images` must lie in [-1, 1] ...".
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(r"assertion failed: \[(.*?)\](?: \[(.*?)\])*", error.message)
+        if found is None:
+            raise
+        message = " ".join(part for part in found.groups() if part)
+        raise ValueError(f"{message} (checked in the compiled step)") from None
 
 
 def _global_slice(draw: Callable[[Any], tf.Tensor], local_batch: tf.Tensor) -> tf.Tensor:
@@ -229,6 +248,49 @@ class DiffusionModel(keras.Model):
             labels = validation.check_timesteps(tf.reshape(labels, [-1]), self.num_classes, name="labels",
                                                 validate=self.diffusion.validate_args)
         return images, labels
+
+    # ---------------------------------------------------------- fit/evaluate
+    def _check_dataset(self, data, what):
+        """Checks a tf.data pipeline before any work: its element spec, and (with
+        `diffusion.validate_args`) its first batch's values, eagerly, with clear errors."""
+        spec = data.element_spec
+        images_spec = spec[0] if isinstance(spec, tuple) else spec
+        if not isinstance(images_spec, tf.TensorSpec):
+            return
+        if not images_spec.dtype.is_floating:
+            raise TypeError(f"{what} must yield float images in [-1, 1]. Received dtype "
+                            f"{images_spec.dtype.name}; scale uint8 images with x / 127.5 - 1")
+        expected = (None,) + self.image_shape
+        shape = images_spec.shape
+        if shape.rank is not None and (shape.rank != 4 or any(
+                s is not None and e is not None and s != e for s, e in zip(shape, expected))):
+            raise ValueError(f"{what} must yield images of shape [B, {', '.join(map(str, self.image_shape))}] "
+                             f"(this model's). Received element shape {shape}")
+        if isinstance(spec, tuple) and len(spec) > 1 and isinstance(spec[1], tf.TensorSpec) \
+                and not spec[1].dtype.is_integer:
+            raise TypeError(f"{what} must yield integer labels. Received dtype {spec[1].dtype.name}")
+        if not self.diffusion.validate_args:
+            return
+        first = next(iter(data.take(1)), None)
+        if first is None:
+            raise ValueError(f"{what} yields no batch (an empty data set, or fewer images than "
+                             "one batch with drop_remainder)")
+        self._unpack(first)  # eagerly: the value checks raise ValueError/TypeError here
+
+    def fit(self, x=None, *args, **kwargs):
+        """Keras `fit`, with the data set checked before training and in-graph check failures
+        reported as ValueErrors; see `keras.Model.fit`."""
+        if isinstance(x, tf.data.Dataset):
+            self._check_dataset(x, "the training data")
+        with _assertion_errors_as_value_errors():
+            return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """Keras `evaluate`, with the data set checked first; see `keras.Model.evaluate`."""
+        if isinstance(x, tf.data.Dataset):
+            self._check_dataset(x, "the evaluation data")
+        with _assertion_errors_as_value_errors():
+            return super().evaluate(x, *args, **kwargs)
 
     # --------------------------------------------------------------- training
     def _step_seed(self, counter):
@@ -448,6 +510,8 @@ class DiffusionModel(keras.Model):
         if self.num_classes is None and guidance_scale != 1.0:
             raise ValueError("`guidance_scale` needs a class-conditional network; this one is "
                              f"unconditional. Received: guidance_scale={guidance_scale}")
+        sampling.check_sampling_memory(self.ema_network, self.image_shape, num_images, batch_size,
+                                       guided=self.num_classes is not None and guidance_scale != 1.0)
         labels = self._check_labels(num_images, labels)
         image_sampler = self.image_sampler(sampler, spacing, clip_denoised, jit_compile, threshold)
         num_steps = image_sampler.sampler.check_num_steps(num_steps)

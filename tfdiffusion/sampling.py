@@ -6,18 +6,71 @@ every request; the same function becomes the exported `generate` signature,
 so an exported model returns exactly the images `generate` returns.
 """
 
+import os
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from tfdiffusion import images
 from tfdiffusion import random as tfd_random
 from tfdiffusion import samplers
 
-__all__ = ["ImageSampler", "initial_noise"]
+__all__ = ["ImageSampler", "available_memory_bytes", "check_sampling_memory", "initial_noise"]
+
+# Allocator slack and the loop's own copies on top of the network's live values.
+_MEMORY_SAFETY_FACTOR = 2.0
 
 # Seed offsets: x_T of a batch starting at image `start` comes from fold_in(fold_in(seed, start), -2).
 _NOISE_STREAM = -2
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory the system can still give this process (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_sampling_memory(network: Any, image_shape: Sequence[int], num_images: int, batch_size: int,
+                          guided: bool, available: Optional[int] = None) -> None:
+    """Refuses, before any work, a sampling request whose batch or result cannot fit in memory.
+
+    The estimate is the network's live float32 values per image
+    (`inference_memory_elements`, for networks that report it; others are
+    not checked) times the batch (twice for guidance), times a safety factor
+    of 2, plus the uint8 result of all `num_images`.
+
+    Raises:
+        ValueError: with the estimate, the memory available and the largest
+            `batch_size` that fits.
+    """
+    available = available_memory_bytes() if available is None else available
+    if available is None:
+        return
+    result_bytes = num_images * int(np.prod(image_shape))
+    if result_bytes > available:
+        raise ValueError(f"{num_images} images of {'x'.join(map(str, image_shape))} need "
+                         f"{result_bytes / 2**30:.1f} GiB for the result alone; {available / 2**30:.1f} GiB "
+                         "are available. Ask for fewer `num_images`.")
+    per_image = getattr(network, "inference_memory_elements", None)
+    if per_image is None:
+        return
+    per_image_bytes = per_image() * 4 * (2 if guided else 1) * _MEMORY_SAFETY_FACTOR
+    needed = batch_size * per_image_bytes + result_bytes
+    if needed > available:
+        fits = int((available - result_bytes) // per_image_bytes)
+        raise ValueError(f"sampling {batch_size} images at once needs about {needed / 2**30:.1f} GiB "
+                         f"({per_image_bytes / 2**20:.1f} MiB per image); {available / 2**30:.1f} GiB are "
+                         f"available. Use `batch_size` <= {max(fits, 1)}.")
 
 
 def initial_noise(seed: tf.Tensor, start: Any, shape: Sequence) -> Tuple[tf.Tensor, tf.Tensor]:

@@ -11,7 +11,9 @@ it the same way. A run folder holds:
     logs/                    TensorBoard
 
 A resumed run continues the step counter, learning-rate schedule, EMA and
-optimizer state from the checkpoint. It does not replay the data: its
+optimizer state from the checkpoint; a run killed before it finished is
+resumed by the same command (preemption-safe), `--resume` continues a
+finished one to more steps. It does not replay the data: its
 pipeline is reseeded with the step it resumes at, so it continues with a
 fresh shuffle order.
 """
@@ -73,6 +75,8 @@ class TrainSettings:
         sampler, sample_steps, num_samples, guidance_scale: the sample grid.
         checkpoint_every: save a checkpoint every this many steps (besides every epoch).
         jit_compile: compile training and sampling with XLA (None: yes).
+        skip_unreadable: leave out unreadable files of an image-folder data set
+            (None/False: refuse the folder, naming them).
     """
 
     preset: Optional[str] = None
@@ -91,6 +95,7 @@ class TrainSettings:
     guidance_scale: Optional[float] = None
     checkpoint_every: Optional[int] = None
     jit_compile: Optional[bool] = None
+    skip_unreadable: Optional[bool] = None
 
     def given(self) -> Dict[str, Any]:
         """The settings that were set (not None)."""
@@ -111,8 +116,9 @@ def _check_settings(settings: Dict[str, Any]) -> None:
         validation.check_number("guidance_scale", settings["guidance_scale"])
     if settings.get("sampler") is not None:
         validation.check_choice("sampler", settings["sampler"], samplers.sampler_names())
-    if settings.get("jit_compile") is not None:
-        validation.check_bool("jit_compile", settings["jit_compile"])
+    for flag in ("jit_compile", "skip_unreadable"):
+        if settings.get(flag) is not None:
+            validation.check_bool(flag, settings[flag])
 
 
 def resolve_settings(given: Dict[str, Any], saved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -140,7 +146,7 @@ def resolve_settings(given: Dict[str, Any], saved: Optional[Dict[str, Any]] = No
                     num_timesteps=preset.num_timesteps, steps=None if settings.get("epochs") else preset.train_steps,
                     epochs=None, seed=0, sampler=preset.sampler, sample_steps=preset.sample_steps,
                     num_samples=DEFAULT_NUM_SAMPLES, guidance_scale=preset.guidance_scale, checkpoint_every=None,
-                    jit_compile=None)
+                    jit_compile=None, skip_unreadable=False)
     settings = {**defaults, **{k: v for k, v in settings.items() if v is not None}}
     if not explicit_sample_steps:
         settings["sample_steps"] = min(settings["sample_steps"], settings["num_timesteps"])
@@ -254,7 +260,9 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
 
     Args:
         output_dir: the run folder; created if missing. A new run refuses a
-            folder that holds one; `resume=True` continues it.
+            folder that holds a finished run; `resume=True` continues it. A
+            run that was killed before it finished (a checkpoint, no summary)
+            is continued by the same call, with or without `resume`.
         settings: `TrainSettings`; unset fields come from the resumed run,
             else from the preset.
         resume: continue the run in `output_dir` from its checkpoint.
@@ -272,12 +280,20 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
     out = os.fspath(output_dir)
     settings = settings or TrainSettings()
     checkpoint, run_file = os.path.join(out, CHECKPOINT_FILE), os.path.join(out, RUN_FILE)
+    if not resume and os.path.isfile(checkpoint) and not os.path.isfile(os.path.join(out, SUMMARY_FILE)):
+        # Killed (preempted) before it finished: the same command continues it.
+        resume = True
+        log(f"Resuming the interrupted run in {out} from its last checkpoint")
     saved = None
     if resume and os.path.isfile(run_file):
         with open(run_file) as file:
             saved = json.load(file)
     resolved = resolve_settings(settings.given(), saved)
     preset = presets.get_preset(resolved["preset"])
+    data_folder = os.path.abspath(resolved["dataset"]) if os.path.isdir(resolved["dataset"]) else None
+    if data_folder and os.path.commonpath([os.path.abspath(out), data_folder]) == data_folder:
+        raise RunError(f"`output_dir` {out!r} is inside the data set folder {resolved['dataset']!r}: the run's "
+                       "files would become training images. Choose a folder outside it")
     created = _prepare_folder(out, resume)
     try:
         keras.utils.set_random_seed(resolved["seed"])
@@ -286,7 +302,10 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
         dataset = data.load_dataset(
             resolved["dataset"], None, resolved["image_size"], resolved["batch_size"], training=True,
             channels=preset.channels, with_labels=None if preset.conditional else False,
-            data_dir=resolved["data_dir"], seed=_data_seed(resolved["seed"], start_step))
+            data_dir=resolved["data_dir"], seed=_data_seed(resolved["seed"], start_step),
+            skip_unreadable=resolved["skip_unreadable"])
+        if dataset.num_skipped:
+            log(f"Skipped {dataset.num_skipped} unreadable image file(s) of {resolved['dataset']!r}")
         if resolved.get("epochs") is not None and resolved.get("steps") is None:
             if not dataset.num_examples:
                 raise RunError(f"`epochs` needs the size of data set {resolved['dataset']!r}, which is unknown; "

@@ -1,8 +1,11 @@
 """The `tfdiffusion` command: train, sample and evaluate diffusion models from the shell."""
 
 import argparse
+import os
 import re
 import sys
+import tempfile
+import traceback
 
 from tfdiffusion.cli import commands
 from tfdiffusion.cli.parser import PROG
@@ -13,7 +16,7 @@ from tfdiffusion.training import RunError
 __all__ = ["CLIError", "build_parser", "main"]
 
 _HANDLERS = {"train": commands.train, "sample": commands.sample, "evaluate": commands.evaluate,
-             "convert": commands.convert}
+             "convert": commands.convert, "export": commands.export}
 
 
 def _one_line(error):
@@ -42,7 +45,9 @@ def main(argv=None) -> int:
 
     Returns:
         The exit code: 0 on success, 2 for a usage error (reported on stderr
-        as one `tfdiffusion: error: ...` line), 130 when interrupted.
+        as one `tfdiffusion: error: ...` line), 1 for an unexpected error
+        (one line naming the log file that holds the traceback; `--debug`
+        prints it instead), 130 when interrupted.
     """
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -62,3 +67,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # A bug or an environment problem: the traceback goes to a log.
+        if debug:
+            raise
+        log = os.path.join(tempfile.gettempdir(), f"{PROG}-error-{os.getpid()}.log")
+        with open(log, "w") as file:
+            file.write(f"{PROG} {' '.join(argv)}\n\n{traceback.format_exc()}")
+        print(f"{PROG}: unexpected error: {type(error).__name__}: {_one_line(error)[:300]}; the traceback is "
+              f"in {log} (--debug prints it)", file=sys.stderr)
+        return 1

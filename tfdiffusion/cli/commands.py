@@ -10,31 +10,62 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from tfdiffusion import data
 from tfdiffusion import images
 from tfdiffusion import samplers
+from tfdiffusion import sampling
 from tfdiffusion import training
 from tfdiffusion.convert import convert_diffusers
+from tfdiffusion.export import export_saved_model
+from tfdiffusion.cli.parser import DEFAULT_SAMPLE_BATCH
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
+from tfdiffusion.cli.parser import GRID_EXTENSIONS
 from tfdiffusion.cli.parser import CLIError
 from tfdiffusion.loading import load_model
+from tfdiffusion.served_model import load_generator
 
-__all__ = ["convert", "evaluate", "sample", "train"]
+__all__ = ["convert", "evaluate", "export", "sample", "train"]
 
 
 def _one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _check_output_file(path, flag):
+def _is_earlier_output(path, kind):
+    """Whether an existing file is what `sample` writes: an image grid, or an .npz of images."""
+    try:
+        if kind == "grid":
+            with Image.open(path) as image:
+                return image.format in ("PNG", "JPEG")
+        with np.load(path, allow_pickle=False) as saved:
+            return set(saved.files) <= {"images", "labels"} and "images" in saved.files
+    except Exception:  # Anything unreadable as that kind is not an earlier output.
+        return False
+
+
+def _check_output_file(path, flag, kind, overwrite, extensions):
+    """Refuses an output path before any work: wrong extension, a directory, a missing or
+    unwritable folder, or an existing file (replaced only with --overwrite, and only if it is
+    an earlier output of the same kind)."""
+    if not path.lower().endswith(extensions):
+        raise CLIError(f"{flag} {path!r} must end in {' or '.join(extensions)}")
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path!r} is a directory; give a file name")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CLIError(f"cannot write {flag} {path!r}: {directory!r} is a file, not a directory")
     if not os.path.isdir(directory):
         raise CLIError(f"cannot write {flag} {path!r}: directory {directory!r} does not exist")
     if not os.access(directory, os.W_OK):
         raise CLIError(f"cannot write {flag} {path!r}: directory {directory!r} is not writable")
+    if os.path.lexists(path):
+        if not _is_earlier_output(path, kind):
+            what = "an image grid" if kind == "grid" else "an .npz of sampled images"
+            raise CLIError(f"{flag} {path!r} exists and is not {what}; refusing to replace it")
+        if not overwrite:
+            raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it")
 
 
 def _load(path, flag="--model"):
@@ -56,7 +87,7 @@ def _progress_printer():
 # ------------------------------------------------------------------ train
 _SETTING_FLAGS = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate", "num_timesteps",
                   "steps", "epochs", "seed", "sampler", "sample_steps", "num_samples", "guidance_scale",
-                  "checkpoint_every", "jit_compile")
+                  "checkpoint_every", "jit_compile", "skip_unreadable")
 
 
 def train(args):
@@ -82,15 +113,30 @@ def train(args):
 
 
 # ----------------------------------------------------------------- sample
+def _fitting_batch(model, num_images, guidance_scale):
+    """The largest batch up to DEFAULT_SAMPLE_BATCH (and num_images) whose sampling fits in memory."""
+    batch = min(num_images, DEFAULT_SAMPLE_BATCH, getattr(model, "max_images", DEFAULT_SAMPLE_BATCH))
+    guided = model.num_classes is not None and guidance_scale != 1.0
+    while batch > 1:
+        try:
+            sampling.check_sampling_memory(getattr(model, "ema_network", None), model.image_shape, num_images,
+                                           batch, guided)
+            break
+        except ValueError:
+            batch //= 2
+    return batch
+
+
 def sample(args):
     png, npz = args.output, args.npz
     if png is None and npz is None:
         png = "samples.png"
-    for path, flag in ((png, "--output"), (npz, "--npz")):
-        if path is not None:
-            _check_output_file(path, flag)
-    model = _load(args.model)
-    T = model.diffusion.num_timesteps
+    if png is not None:
+        _check_output_file(png, "--output", "grid", args.overwrite, GRID_EXTENSIONS)
+    if npz is not None:
+        _check_output_file(npz, "--npz", "npz", args.overwrite, (".npz",))
+    if png is not None and npz is not None and os.path.abspath(png) == os.path.abspath(npz):
+        raise CLIError(f"--output and --npz name the same file {png!r}")
     options = {name: value for name, value in (("eta", args.eta), ("churn", args.churn)) if value is not None}
     takes = samplers.get_sampler(args.sampler).options
     for name in options:
@@ -100,32 +146,42 @@ def sample(args):
                            f"Received: --sampler {args.sampler}")
     if args.threshold is not None and args.threshold > 1:
         raise CLIError(f"--threshold must be a percentile in (0, 1]. Received: {args.threshold}")
+    try:  # a .keras file, a run folder or an exported SavedModel; says which
+        model = load_generator(args.model, log=lambda line: print(line, flush=True))
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--model {_one_line(error)}") from None
+    T = model.num_timesteps if hasattr(model, "num_timesteps") else model.diffusion.num_timesteps
     steps = args.steps or (T if args.sampler == "ddpm" else min(DEFAULT_SAMPLE_STEPS, T))
     if steps > T:
         raise CLIError(f"--steps must be between 1 and the model's T={T}. Received: {steps}")
+    num_images = args.num_images or (len(args.labels) if args.labels is not None else 16)
+    try:  # the result alone must fit, before labels and layout are made for it
+        sampling.check_sampling_memory(getattr(model, "ema_network", None), model.image_shape, num_images, 1,
+                                       guided=False)
+    except ValueError as error:
+        raise CLIError(f"cannot sample: {_one_line(error)}") from None
     if args.labels is not None:
-        num_images = args.num_images or len(args.labels)
         if len(args.labels) > num_images:
             raise CLIError(f"--labels gives {len(args.labels)} labels for --num-images {num_images}")
         labels, columns = np.resize(np.asarray(args.labels, np.int32), num_images), None
     else:
-        num_images = args.num_images or 16
         if args.label is not None:
             labels, columns = np.full([num_images], args.label, np.int32), None
         else:
             labels, columns = training.grid_layout(num_images, model.num_classes)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    batch_size = args.batch_size or _fitting_batch(model, num_images, args.guidance_scale)
     print(f"Sampling {num_images} images ({args.sampler}, {steps} steps, seed {seed})", flush=True)
     try:
         generated = model.generate(num_images, sampler=args.sampler, num_steps=steps, seed=seed, labels=labels,
                                    guidance_scale=args.guidance_scale, options=options, spacing=args.spacing,
-                                   threshold=args.threshold,
-                                   batch_size=args.batch_size, jit_compile=args.jit_compile,
+                                   threshold=args.threshold, batch_size=batch_size, jit_compile=args.jit_compile,
                                    progress=_progress_printer())
     except (ValueError, TypeError) as error:
         raise CLIError(f"cannot sample: {_one_line(error)}") from None
     if png is not None:
-        images.save_grid(generated, png, columns=columns)
+        images.save_grid(generated, png, columns=columns, image_format="JPEG" if png.lower().endswith(
+            (".jpg", ".jpeg")) else "PNG")
         print(f"Wrote {png}")
     if npz is not None:
         images.save_npz(npz, generated, labels if model.num_classes else None)
@@ -147,7 +203,8 @@ def evaluate(args):
     try:
         dataset = data.load_dataset(args.dataset, args.split, height, args.batch_size, training=False,
                                     channels=channels, with_labels=None if model.num_classes else False,
-                                    data_dir=args.data_dir, seed=args.seed)
+                                    data_dir=args.data_dir, seed=args.seed,
+                                    skip_unreadable=bool(args.skip_unreadable))
     except (ValueError, TypeError) as error:
         raise CLIError(f"--dataset {_one_line(error)}") from None
     if dataset.channels != channels:
@@ -190,4 +247,32 @@ def convert(args):
     print(f"Wrote {args.output}: {model.network.count_params() / 1e6:.1f}M parameters, "
           f"T={model.diffusion.num_timesteps}, {model.diffusion.model_mean_type} prediction, "
           f"sampling spacing {model.spacing!r}")
+    return 0
+
+
+# ----------------------------------------------------------------- export
+def export(args):
+    output = os.path.abspath(args.output)
+    if args.overwrite and os.path.abspath(args.model).startswith(output + os.sep):
+        raise CLIError(f"--model {args.model!r} lies inside --output {args.output!r}, which --overwrite may replace")
+    if args.threshold is not None and args.threshold > 1:
+        raise CLIError(f"--threshold must be a percentile in (0, 1]. Received: {args.threshold}")
+    if args.spacing is not None:
+        refusing = [name for name in (args.samplers or samplers.sampler_names())
+                    if args.spacing not in samplers.get_sampler(name).spacings]
+        if refusing:
+            raise CLIError(f"--spacing {args.spacing} does not apply to {', '.join(refusing)}; choose --samplers "
+                           "among " + ", ".join(name for name in samplers.sampler_names()
+                                                if args.spacing in samplers.get_sampler(name).spacings))
+    model = _load(args.model)
+    try:
+        path = export_saved_model(model, args.output, version=args.version, max_images=args.max_images,
+                                  samplers=args.samplers, default_sampler=args.default_sampler,
+                                  spacing=args.spacing, threshold=args.threshold,
+                                  jit_compile=bool(args.jit_compile), overwrite=args.overwrite)
+    except FileExistsError as error:
+        raise CLIError(f"--output {_one_line(error)}") from None
+    names = ", ".join("generate_" + name for name in (args.samplers or samplers.sampler_names()))
+    print(f"Wrote {path}: signatures generate (= serving_default, {args.default_sampler}), {names}, denoise; "
+          f"at most {args.max_images} images per request")
     return 0

@@ -12,6 +12,8 @@ __all__ = ["CLIError", "PROG", "build_parser"]
 
 PROG = "tfdiffusion"
 DEFAULT_SAMPLE_STEPS = 50
+DEFAULT_SAMPLE_BATCH = 256
+GRID_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 class CLIError(Exception):
@@ -98,6 +100,10 @@ def _add_data_dir(parser):
     parser.add_argument(
         "--data-dir", metavar="DIR",
         help="where TFDS data sets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", default=None,
+        help="leave out unreadable files (empty, truncated, not images) of an image-folder --dataset, "
+        "reporting how many (default: refuse the folder, naming them)")
 
 
 def build_parser():
@@ -187,7 +193,9 @@ def build_parser():
             "--npz, writes samples.png. Each batch's noise is drawn from --seed and the batch's "
             "offset, so the same flags give the same images."))
     sample.add_argument("--model", required=True, metavar="PATH",
-                        help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+                        help="a .keras model file, a training --output-dir holding model.keras, or a "
+                        "SavedModel written by `tfdiffusion export` (BASE/NAME for its latest version, or "
+                        "BASE/NAME/VERSION) (required)")
     sample.add_argument("--num-images", type=_positive_int,
                         help="number of images (default: the number of --labels, else 16)")
     sample.add_argument("--sampler", choices=samplers.sampler_names(), default="ddim",
@@ -220,11 +228,17 @@ def build_parser():
     sample.add_argument("--guidance-scale", type=_finite_float, default=1.0, metavar="W",
                         help="classifier-free guidance scale; 1 is none (default: 1.0)")
     sample.add_argument("--output", metavar="PNG",
-                        help="write a grid PNG here (default: samples.png unless --npz is given)")
+                        help="write a grid image here, .png (or .jpg); never over a file that is not "
+                        "an earlier grid (default: samples.png unless --npz is given)")
     sample.add_argument("--npz", metavar="FILE",
-                        help="write the images (and labels) to this .npz file (default: none)")
+                        help="write the images (and labels) to this .npz file; never over a file that is "
+                        "not an earlier sample set (default: none)")
     sample.add_argument("--batch-size", type=_positive_int,
-                        help="images per network batch (default: all at once)")
+                        help="images per network batch (default: as many as fit in memory, at most "
+                        f"{DEFAULT_SAMPLE_BATCH})")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output grid or --npz file written by an earlier "
+                        "sample run (default: refuse; other files are never replaced)")
     _add_jit_flag(sample, "yes")
     sample.set_defaults(command_name="sample")
 
@@ -275,6 +289,40 @@ def build_parser():
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing --output (default: refuse)")
     convert.set_defaults(command_name="convert")
+
+    # ----------------------------------------------------------------- export
+    export = commands.add_parser(
+        "export", help="export a trained model as a SavedModel for TF Serving",
+        description=(
+            "Export a model written by `tfdiffusion train` (its EMA weights) as a SavedModel in TF Serving's "
+            "layout, --output/VERSION, written to a hidden temporary folder and renamed into place. "
+            "Signatures: generate_<sampler> for each sampler, generate (= serving_default) for "
+            "--default-sampler, and denoise. Requests above --max-images images, with num_steps outside "
+            "[1, T] or labels out of range are refused in the graph before any work. An existing version is "
+            "never replaced without --overwrite."))
+    export.add_argument("--model", required=True, metavar="PATH",
+                        help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+    export.add_argument("--output", required=True, metavar="BASE/NAME",
+                        help="the model directory a server watches (TF Serving's --model_base_path); the "
+                        "SavedModel goes to BASE/NAME/VERSION (required)")
+    export.add_argument("--version", type=_int_at_least(0),
+                        help="integer version (default: one above the highest in --output, or 1)")
+    export.add_argument("--max-images", type=_positive_int, default=16,
+                        help="the largest batch one request may ask for (default: 16)")
+    export.add_argument("--samplers", nargs="+", choices=samplers.sampler_names(), metavar="SAMPLER",
+                        help="samplers to export, one generate_<sampler> signature each: "
+                        f"{', '.join(samplers.sampler_names())} (default: all)")
+    export.add_argument("--default-sampler", choices=samplers.sampler_names(), default="ddim",
+                        help="the sampler of the generate and serving_default signatures (default: ddim)")
+    export.add_argument("--spacing", choices=samplers.SOLVER_SPACINGS,
+                        help="timestep spacing of every exported sampler; karras for the dpmpp_* and "
+                        "euler/heun samplers only (default: the model's)")
+    export.add_argument("--threshold", type=_float_in(0.0, strict=True), metavar="P",
+                        help="dynamic thresholding of each predicted x_0 at percentile P in (0, 1] in every "
+                        "exported sampler, instead of clipping (default: off)")
+    _add_jit_flag(export, "no: TF Serving's CPU model server runs XLA only with --xla_cpu_compilation_enabled")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --version (default: refuse)")
+    export.set_defaults(command_name="export")
     return parser
 
 

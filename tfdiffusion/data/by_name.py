@@ -19,7 +19,8 @@ def _one_line(error: BaseException) -> str:
 
 def load_dataset(name: str, split: Optional[str] = None, image_size: int = 32, batch_size: int = 64, *,
                  training: bool = True, channels: int = 3, with_labels: Optional[bool] = None,
-                 data_dir: Optional[str] = None, seed: int = 0, download: bool = True) -> ImageDataset:
+                 data_dir: Optional[str] = None, seed: int = 0, download: bool = True,
+                 skip_unreadable: bool = False) -> ImageDataset:
     """Loads the built-in shapes, an image folder, or a TFDS data set, by name.
 
     Args:
@@ -37,6 +38,8 @@ def load_dataset(name: str, split: Optional[str] = None, image_size: int = 32, b
         data_dir: where TFDS data sets live.
         seed: shuffle and flip seed.
         download: let TFDS download a data set that is not in `data_dir`.
+        skip_unreadable: leave out unreadable files of an image folder
+            (`load_image_folder`) instead of refusing the folder.
 
     Returns:
         An `ImageDataset`.
@@ -56,7 +59,7 @@ def load_dataset(name: str, split: Optional[str] = None, image_size: int = 32, b
             if split is not None:
                 raise ValueError(f"a split ({split!r}) applies to shapes and TFDS, not to the image folder")
             return load_image_folder(name, image_size, batch_size, channels=channels, random_flip=training,
-                                     with_labels=with_labels, **options)
+                                     with_labels=with_labels, skip_unreadable=skip_unreadable, **options)
     except (ValueError, TypeError, OSError, tf.errors.OpError) as error:
         raise ValueError(f"data set {name!r}: {_one_line(error)}") from None
     try:

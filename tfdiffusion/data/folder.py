@@ -3,6 +3,7 @@
 import os
 
 import tensorflow as tf
+from PIL import Image
 
 from tfdiffusion import validation
 from tfdiffusion.data import pipeline
@@ -31,6 +32,18 @@ def _images_under(directory):
     return sorted(found)
 
 
+def _unreadable(paths):
+    """The paths PIL cannot open and verify (empty, truncated or foreign files), in order."""
+    bad = []
+    for path in paths:
+        try:
+            with tf.io.gfile.GFile(path, "rb") as file, Image.open(file) as image:
+                image.verify()
+        except Exception:  # PIL raises many kinds for a damaged file.
+            bad.append(path)
+    return bad
+
+
 def load_image_folder(
     path,
     image_size=32,
@@ -44,6 +57,7 @@ def load_image_folder(
     drop_remainder=True,
     repeat=False,
     with_labels=None,
+    skip_unreadable=False,
 ):
     """Loads a directory of images (local or any `tf.io.gfile` path, e.g. gs://).
 
@@ -71,16 +85,22 @@ def load_image_folder(
         repeat: Repeat indefinitely.
         with_labels: Yield `(images, labels)`; None to do so exactly when the
             folder has class sub-folders.
+        skip_unreadable: Every file is opened and verified with PIL before the
+            pipeline is built (a header read and, for PNG, a checksum pass);
+            unreadable ones (empty, truncated, not images) are an error naming
+            them, or, with True, left out and counted in `num_skipped`.
 
     Returns:
         `ImageDataset`; see `ImageDataset.batches`.
 
     Raises:
         ValueError: `path` is not a directory, holds no image, mixes images
-            with class sub-folders, or labels are requested of a flat folder.
+            with class sub-folders, labels are requested of a flat folder, or
+            files are unreadable (without `skip_unreadable`).
     """
     image_size = validation.check_int("image_size", image_size)
     batch_size = validation.check_int("batch_size", batch_size)
+    validation.check_bool("skip_unreadable", skip_unreadable)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
     path = os.fspath(path)
@@ -121,6 +141,15 @@ def load_image_folder(
         labels = [k for k, files in enumerate(class_files) for _ in files]
     else:
         paths, labels = top_images, [0] * len(top_images)
+    unreadable = set(_unreadable(paths))
+    if unreadable and not skip_unreadable:
+        listed = ", ".join(repr(p) for p in sorted(unreadable)[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise ValueError(f"Image folder {path!r} has {len(unreadable)} unreadable image file(s): {listed}{more} "
+                         "(empty, truncated or not an image). Remove them, or pass skip_unreadable=True.")
+    if unreadable:
+        kept = [i for i, p in enumerate(paths) if p not in unreadable]
+        paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
     pipeline.check_enough_examples(len(paths), batch_size, drop_remainder, repeat, f"Image folder {path!r}")
 
     ds = tf.data.Dataset.from_tensor_slices(
@@ -157,5 +186,6 @@ def load_image_folder(
         num_classes=len(class_names) if with_labels else None,
         class_names=tuple(class_names) if with_labels else None,
         num_examples=len(paths),
+        num_skipped=len(unreadable),
     )
 

@@ -28,6 +28,8 @@ class ImageDataset:
             the data set yields images only.
         num_examples: Number of images in one pass over the source (before
             batching), or None when unknown.
+        num_skipped: Files left out as unreadable (image folders with
+            `skip_unreadable=True`).
     """
 
     batches: tf.data.Dataset
@@ -36,6 +38,7 @@ class ImageDataset:
     num_classes: Optional[int]
     class_names: Optional[Tuple[str, ...]]
     num_examples: Optional[int]
+    num_skipped: int = 0
 
 
 def check_enough_examples(num_examples, batch_size, drop_remainder, repeat, source):

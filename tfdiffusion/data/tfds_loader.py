@@ -77,6 +77,11 @@ def load_tfds(
             f"Unknown TFDS data set. Received: name={name!r}. "
             "See `tfds.list_builders()` for the available names."
         ) from error
+    except ImportError as error:  # A data set whose builder needs an optional package.
+        raise ValueError(
+            f"TFDS data set {name!r} needs a package that is not installed: {error}. "
+            f"Install it (pip install {getattr(error, 'name', None) or 'the named package'}) and retry."
+        ) from None
     features = builder.info.features
     image_feature = features[image_key] if image_key in features else None
     if not isinstance(image_feature, tfds.features.Image):
@@ -101,7 +106,12 @@ def load_tfds(
         )
 
     if download:
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except ImportError as error:
+            raise ValueError(
+                f"Preparing TFDS data set {name!r} needs a package that is not installed: {error}"
+            ) from None
     try:
         ds = builder.as_dataset(
             split=split, shuffle_files=shuffle, read_config=tfds.ReadConfig(shuffle_seed=seed)

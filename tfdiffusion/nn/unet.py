@@ -22,6 +22,14 @@ from tfdiffusion.validation import check_number
 from tfdiffusion.validation import check_optional_int
 
 
+def _elements(shape):
+    """Values per image of a `(1, H, W, C)` shape."""
+    count = 1
+    for dim in shape[1:]:
+        count *= int(dim)
+    return count
+
+
 @keras.saving.register_keras_serializable(package="tfdiffusion")
 class UNet(keras.Model):
     """The DDPM/ADM UNet: predicts noise (and optionally variances).
@@ -362,6 +370,48 @@ class UNet(keras.Model):
                 f"{format_shape((None,) + expected)}, "
                 f"received {format_shape(shape)}"
             )
+
+    def inference_memory_elements(self) -> int:
+        """An estimate of the float values alive at once in one image's forward pass.
+
+        The skip connections kept for the up path, plus the largest layer's
+        temporaries (4 feature maps for a ResBlock; q, k, v, output and the
+        heads x N x N logits and weights for attention). Used to refuse a
+        sampling batch that cannot fit in memory, before any work.
+
+        Returns:
+            Float values per image (multiply by 4 bytes, and the batch).
+        """
+        h, w, c = self.image_size, self.image_size, self.in_channels
+        state = {"skips": 0, "peak": 0}
+
+        def apply(layer, shape, emb_shape):
+            if isinstance(layer, ResBlock):
+                out = tuple(layer.compute_output_shape(shape, emb_shape))
+                temporaries = 4 * _elements(out) + _elements(shape)
+            else:
+                out = tuple(layer.compute_output_shape(shape))
+                temporaries = 2 * _elements(out) + _elements(shape)
+                if isinstance(layer, AttentionBlock):
+                    positions = out[1] * out[2]
+                    temporaries += 4 * _elements(out) + 2 * layer.num_heads * positions * positions
+            state["peak"] = max(state["peak"], state["skips"] + temporaries)
+            return out
+
+        def concat(shape, skip_shape):
+            return shape[:-1] + (shape[-1] + skip_shape[-1],)
+
+        emb_shape = (1, self.time_embedding.output_dim)
+        kept = {id(self.conv_in)} | {id(layer) for layer, keep in zip(self.down_blocks, self._down_keeps) if keep}
+
+        def apply_counting(layer, shape, emb):
+            out = apply(layer, shape, emb)
+            if id(layer) in kept:  # a skip connection, alive until the up path uses it
+                state["skips"] += _elements(out)
+            return out
+
+        self._forward((1, h, w, c), emb_shape, apply_counting, concat)
+        return int(state["peak"])
 
     def build(self, input_shape):
         """Creates all weights from the image shape `(B, H, W, C)` alone.

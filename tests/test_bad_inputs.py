@@ -1,0 +1,497 @@
+"""Bad inputs across the Python API and the command line, one table row each.
+
+Every row must be refused before any work: the expected exception type (or
+exit code 2 with one `tfdiffusion: error:` line and no traceback), a message
+naming the argument, and no file changed or created in the watched folder.
+`python tests/test_bad_inputs.py` prints the GOOD / WEAK / BAD count of the
+table instead (GOOD: as required; WEAK: refused, but with another exception
+type or a message that does not name the argument; BAD: accepted, or a file
+changed).
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import tfdiffusion as tfdiff
+from tfdiffusion import cli, data, images, schedules, training
+from tfdiffusion.diffusion import GaussianDiffusion
+
+T = 10
+
+
+@dataclasses.dataclass
+class Case:
+    """One bad input: `call(env)` must raise `error` naming `names`, or (CLI) exit with `exit_code`."""
+
+    id: str
+    call: Callable[[Any], Any]
+    error: Any
+    names: Sequence[str]
+
+
+def _unet(num_classes=3, **kwargs):
+    return tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                       attention_resolutions=(4,), dropout=0.0, num_classes=num_classes, num_groups=4, **kwargs)
+
+
+def _diffusion(**kwargs):
+    return GaussianDiffusion(schedules.get_beta_schedule("cosine", T), **kwargs)
+
+
+def _images(n=4, value=None):
+    x = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3)) / 127.5 - 1
+    return (np.full((n, 8, 8, 3), value) if value is not None else x).astype(np.float32)
+
+
+def _dataset(images, labels=None, batch=4):
+    ds = tf.data.Dataset.from_tensor_slices(images if labels is None else (images, labels))
+    return ds.batch(batch)
+
+
+class Env:
+    """Objects the rows act on, made once: models, files, a folder that must not change."""
+
+    def __init__(self, root):
+        self.root = root
+        self.watch = os.path.join(root, "watched")
+        os.makedirs(self.watch)
+        self.diffusion = _diffusion()
+        self.model = tfdiff.DiffusionModel(_unet(), self.diffusion, ema_decay=0.9)
+        self.model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        self.uncond = tfdiff.DiffusionModel(_unet(None), self.diffusion, label_dropout=0.0)
+        self.model_path = self.path("model.keras")
+        self.model.save(self.model_path)
+        self.uncond_path = self.path("uncond.keras")
+        self.uncond.save(self.uncond_path)
+        self.grid = self.path("grid.png")
+        images.save_grid(np.zeros([2, 8, 8, 3], np.uint8), self.grid)
+        self.text = self.path("notes.txt")
+        with open(self.text, "w") as file:
+            file.write("not an image")
+        self.text_as_png = _copy(self.text, self.path("notes.png"))
+        self.model_as_npz = _copy(self.model_path, self.path("model.npz"))
+        self.truncated = self.path("truncated.keras")
+        with open(self.model_path, "rb") as source, open(self.truncated, "wb") as target:
+            target.write(source.read()[:300])
+        self.random_bytes = self.path("random.keras")
+        with open(self.random_bytes, "wb") as file:
+            file.write(np.random.default_rng(1).bytes(2000))
+        self.sequential = self.path("sequential.keras")
+        keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(self.sequential)
+        self.images_dir = self.path("images")
+        for name in ("a", "b"):
+            os.makedirs(os.path.join(self.images_dir, name))
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 9, 9)).save(os.path.join(self.images_dir, name, f"{i}.png"))
+        self.corrupt_dir = self.path("corrupt")
+        os.makedirs(os.path.join(self.corrupt_dir, "a"))
+        for i in range(4):
+            Image.new("RGB", (8, 8), (9, 9, 9)).save(os.path.join(self.corrupt_dir, "a", f"{i}.png"))
+        open(os.path.join(self.corrupt_dir, "a", "empty.png"), "wb").close()
+        self.run = self.path("run")
+        os.makedirs(os.path.join(self.run, "checkpoints"))
+        with open(self.model_path, "rb") as source, open(os.path.join(self.run, "checkpoints", "ckpt.keras"),
+                                                         "wb") as target:
+            target.write(source.read())
+        settings = dict(preset="shapes", dataset="shapes", data_dir=None, image_size=8, batch_size=8,
+                        learning_rate=0.002, num_timesteps=T, steps=4, seed=0, sampler="ddpm", sample_steps=2,
+                        num_samples=4, guidance_scale=3.0, steps_per_epoch=4)
+        with open(os.path.join(self.run, "checkpoints", "run.json"), "w") as file:
+            json.dump(settings, file)
+        with open(os.path.join(self.run, "train_summary.json"), "w") as file:  # a finished run
+            json.dump({"steps": 4}, file)
+
+    def path(self, name):
+        return os.path.join(self.watch, name)
+
+    def snapshot(self):
+        """Every file under the watched folder with its content hash and mode."""
+        found = {}
+        for folder, _, names in os.walk(self.watch):
+            for name in names:
+                full = os.path.join(folder, name)
+                with open(full, "rb") as file:
+                    found[full] = (hashlib.sha1(file.read()).hexdigest(), os.stat(full).st_mode)
+        return found
+
+
+def cli_run(*argv):
+    """Runs the command in this process; returns (exit code, stderr)."""
+    stderr, stdout = io.StringIO(), io.StringIO()
+    real_err, real_out = sys.stderr, sys.stdout
+    sys.stderr, sys.stdout = stderr, stdout
+    try:
+        code = cli.main([str(a) for a in argv])
+    finally:
+        sys.stderr, sys.stdout = real_err, real_out
+    return code, stderr.getvalue()
+
+
+CLI = "exit 2"  # the error of a command-line row
+
+
+def _api_cases():
+    def gd(**kwargs):
+        return lambda e: GaussianDiffusion(**{"betas": schedules.get_beta_schedule("cosine", T), **kwargs})
+
+    def gen(**kwargs):
+        return lambda e: e.model.generate(**{"num_images": 2, "num_steps": 2, "jit_compile": False, **kwargs})
+
+    def q(x=None, t=None):
+        return lambda e: e.diffusion.q_sample(_images(2) if x is None else x, np.array([1, 2]) if t is None else t)
+
+    def unet(**kwargs):
+        base = dict(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=(4,), dropout=0.0, num_groups=4)
+        return lambda e: tfdiff.UNet(**{**base, **kwargs})
+
+    def dm(**kwargs):
+        return lambda e: tfdiff.DiffusionModel(**{"network": _unet(), "diffusion": e.diffusion, **kwargs})
+
+    def fit(images, labels=None, model="model"):
+        return lambda e: getattr(e, model).fit(_dataset(images, labels), verbose=0)
+
+    labels4 = np.array([0, 1, 2, 0], np.int32)
+    return [
+        # GaussianDiffusion
+        Case("diffusion-betas-string", gd(betas="cosine"), TypeError, ["betas"]),
+        Case("diffusion-betas-2d", gd(betas=np.full((2, 2), 0.1)), ValueError, ["betas"]),
+        Case("diffusion-betas-zero", gd(betas=np.array([0.1, 0.0, 0.1])), ValueError, ["betas"]),
+        Case("diffusion-betas-nan", gd(betas=np.array([0.1, np.nan])), ValueError, ["betas"]),
+        Case("diffusion-terminal-one-epsilon", gd(betas=np.array([0.1, 1.0])), ValueError, ["epsilon"]),
+        Case("diffusion-mean-type", gd(model_mean_type="score"), ValueError, ["model_mean_type"]),
+        Case("diffusion-var-type", gd(model_var_type="learned"), ValueError, ["model_var_type"]),
+        Case("diffusion-loss-type", gd(loss_type="l1"), ValueError, ["loss_type"]),
+        Case("diffusion-hybrid-fixed", gd(loss_type="hybrid"), ValueError, ["loss_type"]),
+        Case("diffusion-min-snr-nan", gd(min_snr_gamma=float("nan")), ValueError, ["min_snr_gamma"]),
+        Case("diffusion-min-snr-negative", gd(min_snr_gamma=-1.0), ValueError, ["min_snr_gamma"]),
+        Case("diffusion-min-snr-string", gd(min_snr_gamma="5"), TypeError, ["min_snr_gamma"]),
+        Case("diffusion-validate-int", gd(validate_args=1), TypeError, ["validate_args"]),
+        Case("diffusion-timestep-map", gd(timestep_map=[0, 1]), ValueError, ["timestep_map"]),
+        # forward process, losses, bound
+        Case("q-sample-uint8", q(x=np.zeros((2, 8, 8, 3), np.uint8)), TypeError, ["x_start"]),
+        Case("q-sample-0-255", q(x=np.full((2, 8, 8, 3), 200.0, np.float32)), ValueError, ["x_start"]),
+        Case("q-sample-nan", q(x=_images(2, np.nan)), ValueError, ["x_start"]),
+        Case("q-sample-t-float", q(t=np.array([1.0, 2.0])), TypeError, ["`t`"]),
+        Case("q-sample-t-bool", q(t=np.array([True, False])), TypeError, ["`t`"]),
+        Case("q-sample-t-range", q(t=np.array([1, T])), ValueError, ["`t`", f"[0, {T})"]),
+        Case("q-sample-t-negative", q(t=np.array([-1, 2])), ValueError, ["`t`"]),
+        Case("q-sample-t-batch", q(t=np.array([1, 2, 3])), ValueError, ["`t`"]),
+        Case("q-sample-t-matrix", q(t=np.array([[1], [2]])), ValueError, ["`t`"]),
+        Case("losses-t-range", lambda e: e.diffusion.training_losses(lambda x, t: x, _images(2), [0, 99]),
+             ValueError, ["`t`"]),
+        Case("losses-nan", lambda e: e.diffusion.training_losses(lambda x, t: x, _images(2, np.nan), [0, 1]),
+             ValueError, ["x_start"]),
+        Case("p-mean-var-t", lambda e: e.diffusion.p_mean_variance(lambda x, t: x, _images(2), [0, 11]),
+             ValueError, ["`t`"]),
+        Case("bpd-off-grid", lambda e: e.diffusion.calc_bpd_loop(lambda x, t: x, _images(2, 0.001)),
+             ValueError, ["8-bit grid"]),
+        Case("bpd-eval-steps-1", lambda e: e.diffusion.calc_bpd_loop(lambda x, t: x, _images(2), num_eval_steps=1),
+             ValueError, ["num_eval_steps"]),
+        Case("bpd-eval-steps-float", lambda e: e.diffusion.bpd_timesteps(4.0), ValueError, ["num_eval_steps"]),
+        Case("ddim-steps-0", lambda e: e.diffusion.ddim_sample_loop(lambda x, t: x, [1, 8, 8, 3], num_steps=0),
+             ValueError, ["num_steps"]),
+        Case("ddim-eta-nan", lambda e: e.diffusion.ddim_sample_loop(lambda x, t: x, [1, 8, 8, 3], num_steps=2,
+                                                                     eta=float("nan")), ValueError, ["eta"]),
+        Case("ddim-noise-shape", lambda e: e.diffusion.ddim_sample_loop(lambda x, t: x, [1, 8, 8, 3], num_steps=2,
+                                                                         noise=np.zeros((2, 8, 8, 3), np.float32)),
+             ValueError, ["noise"]),
+        Case("ddim-spacing", lambda e: e.diffusion.ddim_sample_loop(lambda x, t: x, [1, 8, 8, 3], num_steps=2,
+                                                                     spacing="middle"), ValueError, ["spacing"]),
+        Case("respace-steps", lambda e: e.diffusion.respace(T + 1), ValueError, ["num_steps"]),
+        # schedules
+        Case("schedule-name", lambda e: schedules.get_beta_schedule("quadratic", 10), ValueError, ["name"]),
+        Case("schedule-T-float", lambda e: schedules.get_beta_schedule("cosine", 10.0), TypeError,
+             ["num_timesteps"]),
+        Case("spacing-steps-bool", lambda e: schedules.space_timesteps(10, True), TypeError, ["num_steps"]),
+        # UNet
+        Case("unet-image-size-0", unet(image_size=0), ValueError, ["image_size"]),
+        Case("unet-image-size-bool", unet(image_size=True), TypeError, ["image_size"]),
+        Case("unet-channel-mult-empty", unet(channel_mult=()), ValueError, ["channel_mult"]),
+        Case("unet-channel-mult-zero", unet(channel_mult=(1, 0)), ValueError, ["channel_mult"]),
+        Case("unet-attention-unreached", unet(attention_resolutions=(3,)), ValueError, ["attention_resolutions"]),
+        Case("unet-groups", unet(num_groups=3), ValueError, ["num_groups"]),
+        Case("unet-dropout-1", unet(dropout=1.0), ValueError, ["dropout"]),
+        Case("unet-dropout-nan", unet(dropout=float("nan")), ValueError, ["dropout"]),
+        Case("unet-learn-sigma-string", unet(learn_sigma="yes"), TypeError, ["learn_sigma"]),
+        Case("unet-classes-0", unet(num_classes=0), ValueError, ["num_classes"]),
+        # DiffusionModel
+        Case("model-diffusion-string", dm(diffusion="cosine"), TypeError, ["diffusion"]),
+        Case("model-ema-1", dm(ema_decay=1.0), ValueError, ["ema_decay"]),
+        Case("model-ema-nan", dm(ema_decay=float("nan")), ValueError, ["ema_decay"]),
+        Case("model-dropout-1", dm(label_dropout=1.0), ValueError, ["label_dropout"]),
+        Case("model-timestep-sampler", dm(timestep_sampler="importance"), ValueError, ["timestep_sampler"]),
+        Case("model-seed-float", dm(seed=1.5), TypeError, ["seed"]),
+        Case("model-spacing", dm(spacing="middle"), ValueError, ["spacing"]),
+        Case("model-image-shape", dm(image_shape=(8, 8)), ValueError, ["image_shape"]),
+        # generate
+        Case("generate-num-images-0", gen(num_images=0), ValueError, ["num_images"]),
+        Case("generate-num-images-float", gen(num_images=2.5), TypeError, ["num_images"]),
+        Case("generate-num-images-bool", gen(num_images=True), TypeError, ["num_images"]),
+        Case("generate-num-images-huge", gen(num_images=10**12), ValueError, ["num_images"]),
+        Case("generate-steps-0", gen(num_steps=0), ValueError, ["num_steps"]),
+        Case("generate-steps-above-T", gen(num_steps=T + 1), ValueError, ["num_steps", f"[1, {T}]"]),
+        Case("generate-steps-float", gen(num_steps=2.0), TypeError, ["num_steps"]),
+        Case("generate-sampler", gen(sampler="euler-maruyama"), ValueError, ["sampler"]),
+        Case("generate-labels-length", gen(labels=[0, 1, 2]), ValueError, ["labels"]),
+        Case("generate-labels-range", gen(labels=[0, 3]), ValueError, ["labels"]),
+        Case("generate-labels-float", gen(labels=[0.5, 1.7]), TypeError, ["labels"]),
+        Case("generate-labels-bool", gen(labels=[True, False]), TypeError, ["labels"]),
+        Case("generate-seed-float", gen(seed=1.5), TypeError, ["seed"]),
+        Case("generate-seed-bool", gen(seed=True), TypeError, ["seed"]),
+        Case("generate-seed-string", gen(seed="1"), TypeError, ["seed"]),
+        Case("generate-guidance-nan", gen(guidance_scale=float("nan")), ValueError, ["guidance_scale"]),
+        Case("generate-guidance-inf", gen(guidance_scale=float("inf")), ValueError, ["guidance_scale"]),
+        Case("generate-guidance-string", gen(guidance_scale="2"), TypeError, ["guidance_scale"]),
+        Case("generate-eta-nan", gen(eta=float("nan")), ValueError, ["eta"]),
+        Case("generate-eta-negative", gen(eta=-1.0), ValueError, ["eta"]),
+        Case("generate-eta-ddpm", gen(sampler="ddpm", eta=0.5), ValueError, ["eta"]),
+        Case("generate-batch-0", gen(batch_size=0), ValueError, ["batch_size"]),
+        Case("generate-spacing", gen(spacing="middle"), ValueError, ["spacing"]),
+        Case("generate-uncond-labels", lambda e: e.uncond.generate(2, num_steps=2, labels=[0, 1]), ValueError,
+             ["labels"]),
+        Case("generate-uncond-guidance", lambda e: e.uncond.generate(2, num_steps=2, guidance_scale=2.0),
+             ValueError, ["guidance_scale"]),
+        # fit
+        Case("fit-image-size", fit(np.zeros((4, 16, 16, 3), np.float32), labels4), ValueError, ["shape"]),
+        Case("fit-channels", fit(np.zeros((4, 8, 8, 1), np.float32), labels4), ValueError, ["shape"]),
+        Case("fit-uint8", fit(np.zeros((4, 8, 8, 3), np.uint8), labels4), TypeError, ["float"]),
+        Case("fit-0-255", fit(np.full((4, 8, 8, 3), 128.0, np.float32), labels4), ValueError, ["[-1, 1]"]),
+        Case("fit-nan", fit(_images(4, np.nan), labels4), ValueError, ["NaN"]),
+        Case("fit-float-labels", fit(_images(4), np.array([0.5, 1.7, 0.0, 1.0])), TypeError, ["labels"]),
+        Case("fit-labels-range", fit(_images(4), np.array([0, 1, 2, 3], np.int32)), ValueError, ["labels"]),
+        Case("fit-no-labels", fit(_images(4)), ValueError, ["labels"]),
+        Case("fit-uncond-labels", fit(_images(4), labels4, model="uncond"), ValueError, ["labels"]),
+        Case("fit-empty", lambda e: e.model.fit(_dataset(_images(4), labels4).take(0), verbose=0), ValueError,
+             ["no batch"]),
+        # data
+        Case("shapes-split", lambda e: data.load_shapes("valid", 8, 4), ValueError, ["split"]),
+        Case("shapes-batch-0", lambda e: data.load_shapes("train", 8, 0), ValueError, ["batch_size"]),
+        Case("shapes-size-4", lambda e: data.load_shapes("train", 4, 4), ValueError, ["image_size"]),
+        Case("folder-missing", lambda e: data.load_image_folder(e.path("nope")), ValueError, ["nope"]),
+        Case("folder-corrupt", lambda e: data.load_image_folder(e.corrupt_dir, 8, 2), ValueError, ["empty.png"]),
+        Case("folder-channels", lambda e: data.load_image_folder(e.images_dir, 8, 2, channels=4), ValueError,
+             ["channels"]),
+        Case("tfds-unknown", lambda e: data.load_tfds("no_such_dataset_xyz", download=False), ValueError,
+             ["no_such_dataset_xyz"]),
+        Case("dataset-name-type", lambda e: data.load_dataset(3), TypeError, ["name"]),
+        # files
+        Case("grid-float", lambda e: images.save_grid(np.zeros((2, 8, 8, 3), np.float32), e.path("g.png")),
+             ValueError, ["uint8"]),
+        Case("grid-columns-0", lambda e: images.save_grid(np.zeros((2, 8, 8, 3), np.uint8), e.path("g.png"), 0),
+             ValueError, ["columns"]),
+        Case("npz-float", lambda e: images.save_npz(e.path("x.npz"), np.zeros((2, 8, 8, 3))), ValueError,
+             ["uint8"]),
+        Case("load-missing", lambda e: tfdiff.load_model(e.path("missing.keras")), FileNotFoundError,
+             ["missing.keras"]),
+        Case("load-truncated", lambda e: tfdiff.load_model(e.truncated), ValueError, ["truncated.keras"]),
+        Case("load-random", lambda e: tfdiff.load_model(e.random_bytes), ValueError, ["random.keras"]),
+        Case("load-not-diffusion", lambda e: tfdiff.load_model(e.sequential), ValueError, ["DiffusionModel"]),
+        Case("load-folder-without-model", lambda e: tfdiff.load_model(e.images_dir), ValueError, ["model.keras"]),
+        # training runs
+        Case("train-resume-missing", lambda e: training.train(e.path("fresh"), resume=True), ValueError,
+             ["resume"]),
+        Case("train-output-is-file", lambda e: training.train(e.text), ValueError, ["output_dir"]),
+        Case("train-output-in-data", lambda e: training.train(
+            os.path.join(e.images_dir, "out"), training.TrainSettings(dataset=e.images_dir)), ValueError,
+            ["output_dir"]),
+        Case("train-holds-run", lambda e: training.train(e.run), ValueError, ["output_dir"]),
+        Case("train-resume-lr", lambda e: training.train(e.run, training.TrainSettings(learning_rate=0.5),
+                                                        resume=True), ValueError, ["learning_rate"]),
+        Case("train-steps-float", lambda e: training.train(e.path("x"), training.TrainSettings(steps=1.5)),
+             TypeError, ["steps"]),
+        Case("train-guidance-nan", lambda e: training.train(
+            e.path("x"), training.TrainSettings(guidance_scale=float("nan"))), ValueError, ["guidance_scale"]),
+    ]
+
+
+def _cli_cases():
+    def sample(*flags, model="model_path"):
+        return lambda e: cli_run("sample", "--model", getattr(e, model), "--steps", 2, "--no-jit-compile", *flags)
+
+    def train(*flags):
+        return lambda e: cli_run("train", "--steps", 2, "--no-jit-compile", *flags)
+
+    return [
+        # sample: outputs never clobber inputs
+        Case("cli-sample-output-is-model", lambda e: cli_run("sample", "--model", e.model_path, "--output",
+                                                             e.model_path), CLI, ["--output"]),
+        Case("cli-sample-output-text", sample("--output", "notes.txt"), CLI, ["--output"]),
+        Case("cli-sample-output-existing-text-png", lambda e: cli_run(
+            "sample", "--model", e.model_path, "--output", e.text_as_png), CLI, ["--output"]),
+        Case("cli-sample-output-exists", lambda e: cli_run("sample", "--model", e.model_path, "--output", e.grid),
+             CLI, ["--output", "--overwrite"]),
+        Case("cli-sample-npz-not-npz", lambda e: cli_run("sample", "--model", e.model_path, "--npz", e.grid),
+             CLI, ["--npz"]),
+        Case("cli-sample-npz-over-model", lambda e: cli_run("sample", "--model", e.model_path, "--npz",
+                                                            e.model_as_npz), CLI, ["--npz"]),
+        Case("cli-sample-npz-under-a-file", lambda e: cli_run("sample", "--model", e.model_path, "--npz",
+                                                              os.path.join(e.text, "x.npz")), CLI,
+             ["--npz", "is a file"]),
+        Case("cli-sample-output-dir-missing", lambda e: cli_run("sample", "--model", e.model_path, "--output",
+                                                                e.path("nowhere/x.png")), CLI, ["--output"]),
+        # sample: numbers
+        Case("cli-sample-guidance-nan", sample("--guidance-scale", "nan"), CLI, ["--guidance-scale"]),
+        Case("cli-sample-guidance-inf", sample("--guidance-scale", "inf"), CLI, ["--guidance-scale"]),
+        Case("cli-sample-eta-nan", sample("--eta", "nan"), CLI, ["--eta"]),
+        Case("cli-sample-eta-negative", sample("--eta", "-1"), CLI, ["--eta"]),
+        Case("cli-sample-eta-ddpm", sample("--eta", "0.5", "--sampler", "ddpm"), CLI, ["--eta"]),
+        Case("cli-sample-steps-0", sample("--steps", 0), CLI, ["--steps"]),
+        Case("cli-sample-steps-above-T", sample("--steps", T + 1), CLI, ["--steps"]),
+        Case("cli-sample-labels-range", sample("--labels", "0,9"), CLI, ["labels"]),
+        Case("cli-sample-labels-text", sample("--labels", "a,b"), CLI, ["--labels"]),
+        Case("cli-sample-label-negative", sample("--label", -1), CLI, ["labels"]),
+        Case("cli-sample-num-images-0", sample("--num-images", 0), CLI, ["--num-images"]),
+        Case("cli-sample-num-images-huge", sample("--num-images", 10**12), CLI, ["--num-images", "GiB"]),
+        Case("cli-sample-batch-0", sample("--batch-size", 0), CLI, ["--batch-size"]),
+        Case("cli-sample-seed-float", sample("--seed", "1.5"), CLI, ["--seed"]),
+        Case("cli-sample-sampler", sample("--sampler", "euler-maruyama"), CLI, ["--sampler"]),
+        Case("cli-sample-uncond-labels", sample("--label", 1, model="uncond_path"), CLI, ["labels"]),
+        Case("cli-sample-model-missing", lambda e: cli_run("sample", "--model", e.path("none.keras")), CLI,
+             ["--model"]),
+        Case("cli-sample-model-truncated", lambda e: cli_run("sample", "--model", e.truncated), CLI, ["--model"]),
+        Case("cli-sample-model-random", lambda e: cli_run("sample", "--model", e.random_bytes), CLI, ["--model"]),
+        # train
+        Case("cli-train-steps-0", train("--output-dir", "r", "--steps", 0), CLI, ["--steps"]),
+        Case("cli-train-lr-nan", train("--output-dir", "r", "--learning-rate", "nan"), CLI, ["--learning-rate"]),
+        Case("cli-train-lr-negative", train("--output-dir", "r", "--learning-rate", "-1"), CLI,
+             ["--learning-rate"]),
+        Case("cli-train-guidance-nan", train("--output-dir", "r", "--guidance-scale", "nan"), CLI,
+             ["--guidance-scale"]),
+        Case("cli-train-batch-0", train("--output-dir", "r", "--batch-size", 0), CLI, ["--batch-size"]),
+        Case("cli-train-preset", train("--output-dir", "r", "--preset", "nope"), CLI, ["--preset"]),
+        Case("cli-train-output-file", lambda e: cli_run("train", "--output-dir", e.text), CLI, ["--output-dir"]),
+        Case("cli-train-holds-run", lambda e: cli_run("train", "--output-dir", e.run), CLI, ["--resume"]),
+        Case("cli-train-resume-missing", lambda e: cli_run("train", "--output-dir", e.path("new"), "--resume"),
+             CLI, ["--resume"]),
+        Case("cli-train-resume-preset", lambda e: cli_run("train", "--output-dir", e.run, "--resume", "--preset",
+                                                          "shapes-hybrid"), CLI, ["preset"]),
+        Case("cli-train-resume-batch", lambda e: cli_run("train", "--output-dir", e.run, "--resume",
+                                                         "--batch-size", 16), CLI, ["batch_size"]),
+        Case("cli-train-resume-lr", lambda e: cli_run("train", "--output-dir", e.run, "--resume",
+                                                      "--learning-rate", "0.5"), CLI, ["learning_rate"]),
+        Case("cli-train-output-in-data", lambda e: cli_run("train", "--output-dir", os.path.join(e.images_dir, "r"),
+                                                           "--dataset", e.images_dir), CLI, ["--output-dir"]),
+        Case("cli-train-corrupt-folder", lambda e: cli_run("train", "--output-dir", e.path("r2"), "--dataset",
+                                                           e.corrupt_dir, "--batch-size", 2, "--image-size", 8),
+             CLI, ["empty.png"]),
+        Case("cli-train-unknown-dataset", train("--output-dir", "r", "--dataset", "no_such_dataset_xyz"), CLI,
+             ["no_such_dataset_xyz"]),
+        Case("cli-train-timesteps-1", train("--output-dir", "r", "--num-timesteps", 1), CLI, ["--num-timesteps"]),
+        Case("cli-train-sample-steps", train("--output-dir", "r", "--num-timesteps", 10, "--sample-steps", 11),
+             CLI, ["--sample-steps"]),
+        Case("cli-train-steps-and-epochs", train("--output-dir", "r", "--epochs", 1), CLI, ["--epochs"]),
+        # evaluate, convert
+        Case("cli-evaluate-bpd-steps-1", lambda e: cli_run("evaluate", "--model", e.model_path, "--dataset",
+                                                           "shapes", "--bpd-steps", 1), CLI, ["--bpd-steps"]),
+        Case("cli-evaluate-bpd-with-loss", lambda e: cli_run("evaluate", "--model", e.model_path, "--dataset",
+                                                             "shapes", "--metric", "loss", "--bpd-steps", 4),
+             CLI, ["--bpd-steps"]),
+        Case("cli-evaluate-split-folder", lambda e: cli_run("evaluate", "--model", e.model_path, "--dataset",
+                                                            e.images_dir, "--split", "test"), CLI, ["split"]),
+        Case("cli-evaluate-model-missing", lambda e: cli_run("evaluate", "--model", e.path("x.keras"),
+                                                             "--dataset", "shapes"), CLI, ["--model"]),
+        Case("cli-export-max-images-0", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                          e.path("served"), "--max-images", 0), CLI,
+             ["--max-images"]),
+        Case("cli-export-version-negative", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                              e.path("served"), "--version", -1), CLI, ["--version"]),
+        Case("cli-export-sampler", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                     e.path("served"), "--samplers", "euler-maruyama"), CLI,
+             ["--samplers"]),
+        Case("cli-export-model-truncated", lambda e: cli_run("export", "--model", e.truncated, "--output",
+                                                             e.path("served")), CLI, ["--model"]),
+        Case("cli-convert-missing", lambda e: cli_run("convert", "--from-diffusers", e.path("none"), "--output",
+                                                      e.path("c.keras")), CLI, ["none"]),
+        Case("cli-convert-output-exists", lambda e: cli_run("convert", "--from-diffusers", e.images_dir,
+                                                            "--output", e.model_path), CLI, ["--overwrite"]),
+    ]
+
+
+def _copy(path, target):
+    """A copy of `path` under another name (a file a refused write must leave alone)."""
+    with open(path, "rb") as source, open(target, "wb") as copy:
+        copy.write(source.read())
+    return target
+
+
+CASES = _api_cases() + _cli_cases()
+
+
+def outcome(case, env):
+    """GOOD, WEAK or BAD for one row, and what happened."""
+    before = env.snapshot()
+    try:
+        result = case.call(env)
+    except Exception as error:  # What the row is for: which exception, which message.
+        after = env.snapshot()
+        if after != before:
+            return "BAD", f"{type(error).__name__}, but files changed: {_changes(before, after)}"
+        message = " ".join(str(error).split())
+        if isinstance(error, case.error) and all(name in message for name in case.names):
+            return "GOOD", message
+        return "WEAK", f"{type(error).__name__}: {message[:300]}"
+    after = env.snapshot()
+    if case.error == CLI:
+        code, stderr = result
+        lines = [line for line in stderr.splitlines() if line.startswith("tfdiffusion: error: ")]
+        if after != before:
+            return "BAD", f"exit {code}, files changed: {_changes(before, after)}"
+        if code == 2 and len(lines) == 1 and "Traceback" not in stderr and all(n in lines[0] for n in case.names):
+            return "GOOD", lines[0]
+        if code not in (0, None):
+            return "WEAK", f"exit {code}: {stderr[-300:]}"
+        return "BAD", f"exit {code}: accepted"
+    return "BAD", f"accepted: returned {type(result).__name__}"
+
+
+def _changes(before, after):
+    return sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})[:5]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_inputs")
+    cwd = os.getcwd()
+    os.chdir(os.path.join(root))  # relative outputs of CLI rows land here, outside the watched folder
+    try:
+        yield Env(str(root))
+    finally:
+        os.chdir(cwd)
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 80 and len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_refused_clearly_before_any_work(env, case):
+    verdict, detail = outcome(case, env)
+    assert verdict == "GOOD", detail
+
+
+if __name__ == "__main__":
+    import tempfile
+    from collections import Counter
+
+    with tempfile.TemporaryDirectory() as root:
+        os.chdir(root)
+        environment = Env(root)
+        counts = Counter()
+        for row in CASES:
+            verdict, detail = outcome(row, environment)
+            counts[verdict] += 1
+            if verdict != "GOOD":
+                print(f"{verdict:4s} {row.id}: {detail}")
+        print(json.dumps(dict(counts)))
