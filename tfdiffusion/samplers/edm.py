@@ -125,7 +125,8 @@ class HeunSampler(_ChurnSampler):
     min_steps = 2
     min_steps_reason = "its last step is an Euler step, so with 1 step it takes no Heun step (use 'euler')."
 
-    def network_evaluations(self, num_steps: int) -> int:
+    @classmethod
+    def network_evaluations(cls, num_steps: int) -> int:
         return 2 * int(num_steps) - 1
 
 

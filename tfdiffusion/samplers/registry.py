@@ -93,7 +93,8 @@ class Sampler:
         """Checks one Python-valued option (override for bounds); default: a finite number >= 0."""
         return validation.check_number(key, value, 0.0)
 
-    def network_evaluations(self, num_steps: int) -> int:
+    @classmethod
+    def network_evaluations(cls, num_steps: int) -> int:
         """Network calls for `num_steps` steps (for guidance, each call is one batched pair)."""
         return int(num_steps)
 
