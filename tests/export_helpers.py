@@ -16,6 +16,9 @@ TINY_UNET = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attenti
 NUM_CLASSES = 3
 T = 20
 MAX_IMAGES = 4
+# The shared export's samplers: the two classic ones and one of each solver kind (multistep DPM-Solver++,
+# Heun with its 2 evaluations per step and churn); exporting all 8 would add ~12 s to every session.
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "heun")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Requests answered both by `DiffusionModel.generate` and by the exported signatures.
@@ -23,6 +26,10 @@ REQUESTS = {
     "ddim_guided_eta": dict(sampler="ddim", num_steps=5, seed=7, labels=[0, 1, 2], guidance_scale=2.0, eta=0.3),
     "ddim_plain": dict(sampler="ddim", num_steps=3, seed=-12, labels=[2], guidance_scale=1.0, eta=0.0),
     "ddpm_full_batch": dict(sampler="ddpm", num_steps=T, seed=2**40, labels=[1, 1, 0, 2], guidance_scale=3.0),
+    # The solvers: a multistep one (its history through the served loop) and a stochastic one with an option.
+    "dpmpp_2m_guided": dict(sampler="dpmpp_2m", num_steps=6, seed=11, labels=[2, 0, 1], guidance_scale=2.0),
+    "heun_churn": dict(sampler="heun", num_steps=4, seed=5, labels=[1, 2], guidance_scale=1.5,
+                       options={"churn": 4.0}),
 }
 
 
@@ -45,6 +52,8 @@ def signature_inputs(request):
               "guidance_scale": np.float32(request["guidance_scale"])}
     if "eta" in request:
         inputs["eta"] = np.float32(request["eta"])
+    for name, value in request.get("options", {}).items():
+        inputs[name] = np.float32(value)
     return f"generate_{request['sampler']}", inputs
 
 
@@ -63,7 +72,8 @@ def shared_export(tmp_path_factory):
     if "export" not in _SHARED:
         model = tiny_model()
         base = tmp_path_factory.mktemp("serving_base")
-        version_dir = export.export_saved_model(model, os.path.join(base, "tiny"), max_images=MAX_IMAGES)
+        version_dir = export.export_saved_model(model, os.path.join(base, "tiny"), max_images=MAX_IMAGES,
+                                                samplers=SAMPLERS)
         references = {name: generate(model, request) for name, request in REQUESTS.items()}
         _SHARED["export"] = (model, version_dir, references)
     return _SHARED["export"]

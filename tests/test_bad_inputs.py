@@ -141,6 +141,38 @@ def cli_run(*argv):
 CLI = "exit 2"  # the error of a command-line row
 
 
+def _mean_color(images):
+    """A stand-in feature extractor: each image's mean per channel (FID/KID rows need no network)."""
+    return tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
+
+
+def _fid():
+    return tfdiff.metrics.FrechetInceptionDistance(_mean_color, feature_dim=3)
+
+
+def _kid():
+    return tfdiff.metrics.KernelInceptionDistance(_mean_color, feature_dim=3)
+
+
+def _one_image_fid():
+    fid = _fid()
+    fid.update_state(np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 8, 8, 3), np.uint8))
+    return fid
+
+
+def _with_keras_home(folder, call):
+    """Runs `call()` with $KERAS_HOME set to `folder` (an empty cache: no Inception weights)."""
+    before = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = folder
+    try:
+        return call()
+    finally:
+        if before is None:
+            del os.environ["KERAS_HOME"]
+        else:
+            os.environ["KERAS_HOME"] = before
+
+
 def _api_cases():
     def gd(**kwargs):
         return lambda e: GaussianDiffusion(**{"betas": schedules.get_beta_schedule("cosine", T), **kwargs})
@@ -263,6 +295,26 @@ def _api_cases():
              ["labels"]),
         Case("generate-uncond-guidance", lambda e: e.uncond.generate(2, num_steps=2, guidance_scale=2.0),
              ValueError, ["guidance_scale"]),
+        # solvers (issue 11)
+        Case("generate-3m-one-step", gen(sampler="dpmpp_3m", num_steps=1), ValueError, ["num_steps", "dpmpp_3m"]),
+        Case("generate-2m-two-steps", gen(sampler="dpmpp_2m", num_steps=2), ValueError, ["num_steps", "at least 3"]),
+        Case("generate-threshold-0", gen(threshold=0.0), ValueError, ["threshold"]),
+        Case("generate-threshold-above-1", gen(threshold=1.5), ValueError, ["threshold"]),
+        Case("generate-threshold-string", gen(threshold="0.9"), TypeError, ["threshold"]),
+        Case("generate-karras-ddim", gen(spacing="karras"), ValueError, ["spacing"]),
+        Case("generate-churn-ddim", gen(options={"churn": 1.0}), ValueError, ["churn"]),
+        Case("generate-churn-negative", gen(sampler="heun", options={"churn": -1.0}), ValueError, ["churn"]),
+        # metrics
+        Case("fid-image-shapes-differ", lambda e: _fid().update_state(np.zeros((2, 8, 8, 3), np.uint8),
+                                                                       np.zeros((2, 16, 16, 3), np.uint8)),
+             ValueError, ["`real`", "`generated`"]),
+        Case("kid-image-shapes-differ", lambda e: _kid().update_state(np.zeros((2, 8, 8, 3), np.uint8),
+                                                                       np.zeros((2, 8, 8, 1), np.uint8)),
+             ValueError, ["`real`", "`generated`"]),
+        Case("fid-one-image", lambda e: _one_image_fid().result(), ValueError, ["at least 2"]),
+        Case("fid-float-0-255", lambda e: _fid().update_state(np.full((2, 8, 8, 3), 200.0, np.float32),
+                                                               np.zeros((2, 8, 8, 3), np.uint8)),
+             ValueError, ["real"]),
         # fit
         Case("fit-image-size", fit(np.zeros((4, 16, 16, 3), np.float32), labels4), ValueError, ["shape"]),
         Case("fit-channels", fit(np.zeros((4, 8, 8, 1), np.float32), labels4), ValueError, ["shape"]),
@@ -324,6 +376,10 @@ def _cli_cases():
 
     def train(*flags):
         return lambda e: cli_run("train", "--steps", 2, "--no-jit-compile", *flags)
+
+    def evaluate(*flags, model="model_path"):
+        return lambda e: cli_run("evaluate", "--model", getattr(e, model), "--dataset", "shapes", "--no-jit-compile",
+                                 *flags)
 
     return [
         # sample: outputs never clobber inputs
@@ -414,6 +470,47 @@ def _cli_cases():
                                                             e.images_dir, "--split", "test"), CLI, ["split"]),
         Case("cli-evaluate-model-missing", lambda e: cli_run("evaluate", "--model", e.path("x.keras"),
                                                              "--dataset", "shapes"), CLI, ["--model"]),
+        # solver flags (issue 11)
+        Case("cli-sample-spacing", sample("--spacing", "middle"), CLI, ["--spacing"]),
+        Case("cli-sample-karras-ddim", sample("--spacing", "karras"), CLI, ["--spacing", "dpmpp_2m"]),
+        Case("cli-sample-3m-one-step", sample("--sampler", "dpmpp_3m", "--steps", 1), CLI, ["--steps", "dpmpp_3m"]),
+        Case("cli-sample-threshold-0", sample("--threshold", "0"), CLI, ["--threshold"]),
+        Case("cli-sample-threshold-above-1", sample("--threshold", "1.5"), CLI, ["--threshold"]),
+        Case("cli-sample-churn-ddim", sample("--churn", "1"), CLI, ["--churn"]),
+        # evaluate --metric fid|kid
+        Case("cli-evaluate-fid-one-image", evaluate("--metric", "fid", "--num-images", 1), CLI, ["--num-images"]),
+        Case("cli-evaluate-kid-num-images-0", evaluate("--metric", "kid", "--num-images", 0), CLI,
+             ["--num-images"]),
+        Case("cli-evaluate-fid-too-many-images", evaluate("--metric", "fid", "--num-images", 10**7,
+                                                          model="uncond_path"), CLI, ["--num-images"]),
+        Case("cli-evaluate-sampler-with-bpd", evaluate("--metric", "bpd", "--sampler", "heun"), CLI, ["--sampler"]),
+        Case("cli-evaluate-num-images-with-loss", evaluate("--metric", "loss", "--num-images", 8), CLI,
+             ["--num-images"]),
+        Case("cli-evaluate-num-batches-with-fid", evaluate("--metric", "fid", "--num-batches", 2), CLI,
+             ["--num-batches"]),
+        Case("cli-evaluate-bpd-steps-with-kid", evaluate("--metric", "kid", "--bpd-steps", 4), CLI, ["--bpd-steps"]),
+        Case("cli-evaluate-kid-subset-1", evaluate("--metric", "kid", "--kid-subset-size", 1), CLI,
+             ["--kid-subset-size"]),
+        Case("cli-evaluate-kid-subset-with-fid", evaluate("--metric", "fid", "--kid-subset-size", 8), CLI,
+             ["--kid-subset-size"]),
+        Case("cli-evaluate-metric", evaluate("--metric", "is"), CLI, ["--metric"]),
+        Case("cli-evaluate-3m-one-step", evaluate("--metric", "fid", "--sampler", "dpmpp_3m", "--steps", 1), CLI,
+             ["--steps", "dpmpp_3m"]),
+        Case("cli-evaluate-threshold-above-1", evaluate("--metric", "fid", "--threshold", "2"), CLI, ["--threshold"]),
+        Case("cli-evaluate-inception-file-missing", lambda e: cli_run(
+            "evaluate", "--model", e.model_path, "--dataset", "shapes", "--metric", "fid", "--features", "inception",
+            "--inception-weights", e.path("none.h5")), CLI, ["--inception-weights", "none.h5"]),
+        Case("cli-evaluate-inception-not-cached", lambda e: _with_keras_home(e.path("keras-home"), lambda: cli_run(
+            "evaluate", "--model", e.model_path, "--dataset", "shapes", "--metric", "kid", "--features",
+            "inception")), CLI, ["--features inception", "--download-inception", "--inception-weights"]),
+        Case("cli-evaluate-inception-weights-with-shapes", evaluate("--metric", "fid", "--inception-weights",
+                                                                    "w.h5"), CLI, ["--inception-weights"]),
+        Case("cli-export-spacing-karras", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                            e.path("served"), "--spacing", "karras"), CLI,
+             ["--spacing", "ddim"]),
+        Case("cli-export-threshold-above-1", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                               e.path("served"), "--threshold", "1.5"), CLI,
+             ["--threshold"]),
         Case("cli-export-max-images-0", lambda e: cli_run("export", "--model", e.model_path, "--output",
                                                           e.path("served"), "--max-images", 0), CLI,
              ["--max-images"]),

@@ -18,6 +18,7 @@ from PIL import Image
 
 import tfdiffusion
 from tfdiffusion import cli
+from tfdiffusion import features
 from tfdiffusion import images
 
 # A tiny run: 8x8 images (the shapes UNet halves twice, 8 -> 4 -> 2), T = 20,
@@ -27,6 +28,9 @@ TRAIN_FLAGS = ["--preset", "shapes", "--steps", "4", "--batch-size", "8", "--ima
                "--num-timesteps", "20", "--sample-steps", "2", "--num-samples", "4",
                "--no-jit-compile"]
 NUM_CLASSES = len(tfdiffusion.SHAPES_CLASS_NAMES)
+# `evaluate --metric fid` on the tiny run: 16 images from DPM-Solver++(2M) in 3 steps against 16 test images.
+EVALUATE_FID_FLAGS = ["--num-images", "16", "--sampler", "dpmpp_2m", "--steps", "3", "--seed", "3",
+                      "--guidance-scale", "2", "--no-jit-compile"]
 BLOCKER_TEXT = "a regular file where --output-dir wants a directory"
 
 
@@ -139,6 +143,14 @@ def model_runs(trained, dirs):
                           "--learning-rate", "0.5", "--no-jit-compile"),
         bad_labels=command("sample", "--model", run / "model.keras", "--labels", f"0,{NUM_CLASSES}",
                            "--steps", 2, "--npz", root / "bad.npz", "--no-jit-compile"),
+        sample_heun=command(*sample, "--sampler", "heun", "--spacing", "karras", "--churn", "1",
+                            "--threshold", "0.995", "--npz", root / "heun.npz"),
+        eta_misused=command("sample", "--model", run / "model.keras", "--sampler", "dpmpp_2m", "--eta", "0.5",
+                            "--npz", root / "eta.npz", "--no-jit-compile"),
+        evaluate_fid=command("evaluate", "--model", run / "model.keras", "--dataset", "shapes", "--metric", "fid",
+                             *EVALUATE_FID_FLAGS),
+        evaluate_kid=command("evaluate", "--model", run / "model.keras", "--dataset", "shapes", "--metric", "kid",
+                             "--num-images", 12, "--kid-subset-size", 6, "--steps", 2, "--no-jit-compile"),
     )
     yield runs
     runs.close()
@@ -253,6 +265,16 @@ def test_sample_same_seed_same_images(model_runs, dirs):
     assert not os.path.exists(dirs["root"] / "samples.png")  # --npz alone writes no grid
 
 
+def test_sample_with_a_solver_spacing_churn_and_threshold(model_runs, dirs):
+    result = model_runs["sample_heun"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "heun, 2 steps" in result.stdout
+    with np.load(dirs["root"] / "heun.npz") as saved:
+        assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
+    assert_user_error(model_runs["eta_misused"], "--eta applies to --sampler ddim", "dpmpp_2m_sde",
+                      "Received: --sampler dpmpp_2m")
+
+
 def test_evaluate_prints_bpd_json(model_runs):
     result = model_runs["evaluate"]
     assert result.returncode == 0, result.stderr[-3000:]
@@ -262,6 +284,43 @@ def test_evaluate_prints_bpd_json(model_runs):
     assert report["bpd_estimate"] == "stratified 4-step estimate"
     for key in ("loss", "mse", "vb"):
         assert math.isfinite(report[key])
+
+
+def _numpy_fid(a, b):
+    """FID from the formula (Heusel et al. 2017) in float64 with scipy's matrix square root."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+def test_evaluate_fid_compares_generated_with_held_out_images(model_runs, trained):
+    """The reported FID is the formula's on the model's images (the same flags in this process) and the
+    first 16 test images with their labels, in the shipped shapes features."""
+    result = model_runs["evaluate_fid"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["metric"] == "fid" and report["split"] == "test" and report["features"] == "shapes"
+    assert report["num_images"] == 16 and report["sampler"] == "dpmpp_2m" and report["network_evaluations"] == 3
+    model = keras.models.load_model(trained[0] / "model.keras")
+    real, labels = next(iter(tfdiffusion.load_dataset("shapes", "test", 8, 16, training=False, seed=3).batches))
+    generated = model.generate(16, sampler="dpmpp_2m", num_steps=3, seed=3, labels=labels.numpy(),
+                               guidance_scale=2.0, jit_compile=False)
+    extractor = features.shapes_features()
+    expected = _numpy_fid(extractor(real).numpy(), extractor(generated).numpy())
+    # float32 features; the covariances are rank 15 of 128, so sqrtm of their product is the loose part.
+    assert report["fid"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    assert report["fid"] > 0.01  # 4 training steps: far from the data
+
+
+def test_evaluate_kid_reports_mean_and_spread(model_runs):
+    result = model_runs["evaluate_kid"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["metric"] == "kid" and report["kid_subset_size"] == 6 and report["num_images"] == 12
+    assert math.isfinite(report["kid"]) and report["kid_std"] >= 0 and report["sampler"] == "ddim"
 
 
 # ------------------------------------------------------------------ errors
@@ -346,7 +405,8 @@ EXPECTED_FLAGS = {
               "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
               "--sampler", "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
               "--no-jit-compile", "--resume"],
-    "sample": ["--model", "--num-images", "--sampler", "--steps", "--eta", "--seed", "--labels",
+    "sample": ["--model", "--num-images", "--sampler", "--steps", "--spacing", "--eta", "--churn", "--threshold",
+               "--seed", "--labels",
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],
     "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",
                  "--num-batches", "--seed"],

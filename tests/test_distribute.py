@@ -143,13 +143,18 @@ def test_mixed_bfloat16_trains_per_replica_with_xla_close_to_float32(trained_pai
 
 
 # ---------------------------------------------------- sampling, evaluation
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_distributed_generate_equals_one_device(trained_pair, sampler):
-    # 3 images on 2 replicas (padded to 4, the padding dropped); the same seed, the same images.
+@pytest.mark.parametrize("sampler, jit_compile, options", [
+    ("ddpm", True, {}),  # each replica's sampling loop compiled with XLA
+    ("ddim", False, {"eta": 1.0}),
+    ("dpmpp_2m_sde", False, {}),
+    ("euler_ancestral", False, {}),
+])
+def test_distributed_generate_equals_one_device(trained_pair, sampler, jit_compile, options):
+    # 3 images on 2 replicas (2 and 1); every stochastic step draws its noise for the whole batch
+    # (euler_ancestral stands for the EDM family: heun and euler with churn share its loop).
     single, mirrored, _ = trained_pair
-    kwargs = dict(sampler=sampler, num_steps=3, seed=11, labels=[0, 2, 1], guidance_scale=2.0)
-    if sampler == "ddim":
-        kwargs["eta"] = 1.0  # stochastic too
+    kwargs = dict(sampler=sampler, num_steps=3, seed=11, labels=[0, 2, 1], guidance_scale=2.0,
+                  jit_compile=jit_compile, options=options)
     expected = single.generate(3, **kwargs)
     mirrored.ema_network.set_weights(single.ema_network.get_weights())
     got = mirrored.generate(3, **kwargs)

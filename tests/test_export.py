@@ -184,7 +184,15 @@ def test_layout_and_description(exported):
     assert metadata["image_shape"] == [8, 8, 3] and metadata["num_classes"] == helpers.NUM_CLASSES
     assert metadata["num_timesteps"] == helpers.T and metadata["max_images"] == helpers.MAX_IMAGES
     assert metadata["samplers"]["ddim"]["options"] == {"eta": 0.0} and metadata["default_sampler"] == "ddim"
-    assert set(metadata["samplers"]) == set(tfdiffusion.sampler_names())
+    assert set(metadata["samplers"]) == set(helpers.SAMPLERS) and metadata["threshold"] is None
+    assert metadata["samplers"]["dpmpp_2m"]["min_steps"] == 3 and metadata["samplers"]["heun"]["options"] == {
+        "churn": 0.0}
+
+
+def test_default_export_offers_every_registered_sampler(exported):
+    model, _, _ = exported
+    names, default, _ = export._check_arguments(model, None, "ddim", 4, False, False)
+    assert names == tfdiffusion.sampler_names() and default == "ddim"
 
 
 def test_warmup_file_is_tf_serving_prediction_logs(exported):
@@ -208,7 +216,7 @@ def test_warmup_file_is_tf_serving_prediction_logs(exported):
             assert value.dtype == spec.dtype.as_numpy_dtype and spec.shape.is_compatible_with(value.shape)
         batch = tf.make_ndarray(request.inputs["labels"] if "labels" in request.inputs else request.inputs["t"]).size
         seen.add((request.model_spec.signature_name, batch))
-    signatures = {"generate", "serving_default", "generate_ddim", "generate_ddpm"}
+    signatures = {"generate", "serving_default"} | {f"generate_{name}" for name in helpers.SAMPLERS}
     assert {(s, b) for s in signatures for b in (1, helpers.MAX_IMAGES)} | {("denoise", 1)} == seen
     largest = [r for r in records if prediction_log_pb2.PredictionLog.FromString(r).predict_log.request
                .model_spec.signature_name == "generate_ddpm"][-1]
@@ -232,7 +240,9 @@ def test_existing_version_refused_before_any_work(exported):
 @pytest.mark.parametrize("kwargs, error, fragment", [
     (dict(max_images=0), ValueError, "max_images"),
     (dict(max_images=2.0), TypeError, "max_images"),
-    (dict(samplers=("euler",)), ValueError, "samplers"),
+    (dict(samplers=("nonesuch",)), ValueError, "samplers"),
+    (dict(spacing="karras"), ValueError, "karras.* applies to the samplers dpmpp_2m"),
+    (dict(samplers=("dpmpp_2m",), default_sampler="dpmpp_2m", threshold=1.5), ValueError, "threshold"),
     (dict(samplers=("ddpm",)), ValueError, "default_sampler"),
     (dict(version=-1), ValueError, "version"),
     (dict(jit_compile="yes"), TypeError, "jit_compile"),

@@ -43,6 +43,14 @@ def test_generate_refuses(loaded, changes, fragment):
         loaded.signatures["generate"](**_generate_inputs(**changes))
 
 
+def test_solver_signature_refuses_too_few_steps(loaded):
+    """DPM-Solver++(2M) needs 3 steps (min_steps) also when served."""
+    inputs = _generate_inputs()
+    del inputs["eta"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`num_steps` must be in \[3, 20\]"):
+        loaded.signatures["generate_dpmpp_2m"](**inputs)
+
+
 @pytest.mark.parametrize("changes, error", [
     (dict(labels=tf.constant([0, 1], tf.int64)), "expected to be a int32 tensor but is a int64"),
     (dict(seed=tf.constant(1, tf.int32)), "expected to be a int64 tensor but is a int32"),

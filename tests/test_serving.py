@@ -25,7 +25,7 @@ def loaded(exported):
 
 def _request_inputs(name):
     request = helpers.REQUESTS[name]
-    options = {"eta": request["eta"]} if "eta" in request else {}
+    options = dict(request.get("options", {}), **({"eta": request["eta"]} if "eta" in request else {}))
     return serving.generate_inputs(request["seed"], request["num_steps"], labels=request["labels"],
                                    guidance_scale=request["guidance_scale"], **options)
 
@@ -129,7 +129,7 @@ def served(exported):
 def test_served_model_describes_itself(served, exported):
     assert served.image_shape == (8, 8, 3) and served.num_classes == helpers.NUM_CLASSES
     assert served.num_timesteps == helpers.T and served.max_images == helpers.MAX_IMAGES
-    assert served.samplers == tuple(tfdiffusion.sampler_names()) and served.default_sampler == "ddim"
+    assert served.samplers == helpers.SAMPLERS and served.default_sampler == "ddim"
     # BASE/NAME resolves to its latest version.
     assert tfdiffusion.load_saved_model(exported[1].rsplit("/", 1)[0]).path == exported[1]
 
@@ -160,6 +160,11 @@ def test_served_model_batches_above_the_cap(served, exported):
     (dict(labels=[0.0, 1.0]), TypeError, "labels"),
     (dict(batch_size=5), ValueError, "batch_size"),
     (dict(jit_compile=True), ValueError, "jit_compile=False"),
+    (dict(sampler="dpmpp_2m", num_steps=2), ValueError, r"num_steps.*\[3, 20\]"),
+    (dict(sampler="heun", options={"eta": 1.0}), ValueError, "takes \\['churn'\\]"),
+    (dict(sampler="heun", options={"churn": -1.0}), ValueError, "churn"),
+    (dict(threshold=0.9), ValueError, "threshold=None"),
+    (dict(spacing="karras"), ValueError, "spacing='leading'"),
 ])
 def test_served_model_refuses_bad_arguments(served, kwargs, error, fragment):
     arguments = dict(num_steps=2)

@@ -20,6 +20,9 @@ LOSS_TYPES = ("mse", "kl", "hybrid")
 # Improved DDPM's weight of the bound in the hybrid loss: L_simple + 0.001 * L_vlb.
 HYBRID_VLB_WEIGHT = 0.001
 
+# Schedule values the conversions between eps, x0 and v use.
+_CONVERSION_COEFFICIENTS = ("sqrt_abar", "sqrt_one_minus_abar", "sqrt_recip_abar", "sqrt_recipm1_abar")
+
 
 def posterior_coefficients(alphas_cumprod, alphas_cumprod_prev):
     """The step t-1 <- t of a process with alpha_bar_t and alpha_bar_{t-1} (DDPM Eq. 6-7).
@@ -241,25 +244,63 @@ class GaussianDiffusion:
         return tf.reshape(values, [-1] + [1] * (like.shape.rank - 1))
 
     def model_timesteps(self, t: tf.Tensor) -> tf.Tensor:
-        """The trained-process timesteps the model is called with at this process's `t`."""
-        return tf.gather(self._timestep_map, t)
+        """The trained-process timesteps the model is called with at this process's `t`.
+
+        Integer `t` gathers `timestep_map` (int32); float `t` (a noise level
+        between steps, e.g. `samplers.levels.timestep_from_sigma`) interpolates
+        it linearly (float32).
+        """
+        t = tf.convert_to_tensor(t)
+        if t.dtype.is_integer:
+            return tf.gather(self._timestep_map, t)
+        t = tf.clip_by_value(tf.cast(t, tf.float32), 0.0, float(self.num_timesteps - 1))
+        low = tf.minimum(tf.cast(tf.floor(t), tf.int32), max(self.num_timesteps - 2, 0))
+        high = tf.minimum(low + 1, self.num_timesteps - 1)
+        mapped = tf.cast(self._timestep_map, tf.float32)
+        return tf.gather(mapped, low) + (t - tf.cast(low, tf.float32)) * (
+            tf.gather(mapped, high) - tf.gather(mapped, low))
 
     def _check_t(self, t, x):
         return validation.check_timesteps(t, self.num_timesteps, batch=x.shape[0], validate=self.validate_args)
 
     # ------------------------------------------- conversions between targets
+    def _coefficients(self, t: tf.Tensor, like: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The schedule values the conversions need, at table timesteps `t` `[B]`."""
+        return {name: self.extract(name, t, like) for name in _CONVERSION_COEFFICIENTS}
+
+    @staticmethod
+    def _coefficients_at(alphas_cumprod: Any, like: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The same values at any alpha_bar (a scalar or `[B]`), computed in float64, cast once."""
+        abar = tf.cast(alphas_cumprod, tf.float64)
+        if abar.shape.rank:
+            abar = tf.reshape(abar, [-1] + [1] * (like.shape.rank - 1))
+        values = dict(sqrt_abar=tf.sqrt(abar), sqrt_one_minus_abar=tf.sqrt(1.0 - abar),
+                      sqrt_recip_abar=1.0 / tf.sqrt(abar), sqrt_recipm1_abar=tf.sqrt(1.0 / abar - 1.0))
+        return {name: tf.cast(value, tf.float32) for name, value in values.items()}
+
+    @staticmethod
+    def _xstart_from_eps(x_t, eps, coef):
+        return coef["sqrt_recip_abar"] * x_t - coef["sqrt_recipm1_abar"] * eps
+
+    @staticmethod
+    def _eps_from_xstart(x_t, pred_xstart, coef):
+        return (x_t - coef["sqrt_abar"] * pred_xstart) / coef["sqrt_one_minus_abar"]
+
+    @staticmethod
+    def _xstart_from_v(x_t, v, coef):
+        return coef["sqrt_abar"] * x_t - coef["sqrt_one_minus_abar"] * v
+
     def predict_xstart_from_eps(self, x_t: tf.Tensor, t: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
         """x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) (DDPM Eq. 4 solved for x_0)."""
-        return self.extract("sqrt_recip_abar", t, x_t) * x_t - self.extract("sqrt_recipm1_abar", t, x_t) * eps
+        return self._xstart_from_eps(x_t, eps, self._coefficients(t, x_t))
 
     def predict_eps_from_xstart(self, x_t: tf.Tensor, t: tf.Tensor, pred_xstart: tf.Tensor) -> tf.Tensor:
         """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar); finite also where abar = 0."""
-        return ((x_t - self.extract("sqrt_abar", t, x_t) * pred_xstart)
-                / self.extract("sqrt_one_minus_abar", t, x_t))
+        return self._eps_from_xstart(x_t, pred_xstart, self._coefficients(t, x_t))
 
     def predict_xstart_from_v(self, x_t: tf.Tensor, t: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
         """x_0 = sqrt(abar) x_t - sqrt(1 - abar) v (Salimans & Ho 2022, Eq. 9 solved for x_0)."""
-        return self.extract("sqrt_abar", t, x_t) * x_t - self.extract("sqrt_one_minus_abar", t, x_t) * v
+        return self._xstart_from_v(x_t, v, self._coefficients(t, x_t))
 
     # ---------------------------------------------------------- forward process
     def q_mean_variance(self, x_start: Any, t: Any) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -334,13 +375,16 @@ class GaussianDiffusion:
             then clipped to [-1, 1] when `clip_denoised`) and `pred_eps` (the
             epsilon re-derived from that x_0, as improved-diffusion does).
         """
+        return self._predictions(output, x_t, self._coefficients(t, x_t), clip_denoised, denoised_fn)
+
+    def _predictions(self, output, x_t, coef, clip_denoised, denoised_fn):
         var_values = None
         if self.learn_sigma:
             output, var_values = tf.split(output, 2, axis=-1)
         if self.model_mean_type == "epsilon":
-            pred_xstart = self.predict_xstart_from_eps(x_t, t, output)
+            pred_xstart = self._xstart_from_eps(x_t, output, coef)
         elif self.model_mean_type == "v":
-            pred_xstart = self.predict_xstart_from_v(x_t, t, output)
+            pred_xstart = self._xstart_from_v(x_t, output, coef)
         else:
             pred_xstart = output
         if denoised_fn is not None:
@@ -350,7 +394,7 @@ class GaussianDiffusion:
         if self.model_mean_type == "epsilon" and not clip_denoised and denoised_fn is None:
             pred_eps = output
         else:
-            pred_eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
+            pred_eps = self._eps_from_xstart(x_t, pred_xstart, coef)
         return dict(model_output=output, var_values=var_values, pred_xstart=pred_xstart, pred_eps=pred_eps)
 
     def model_predictions(self, model_fn: Callable, x_t: tf.Tensor, t: tf.Tensor, clip_denoised: bool = True,
@@ -361,6 +405,42 @@ class GaussianDiffusion:
         t = self._check_t(t, x_t)
         output = self._call_model(model_fn, x_t, t, model_kwargs)
         return self.predictions_from_output(output, x_t, t, clip_denoised, denoised_fn)
+
+    def model_predictions_at(self, model_fn: Callable, x_t: tf.Tensor, t: tf.Tensor, alphas_cumprod: Any,
+                             clip_denoised: bool = True, denoised_fn: Optional[Callable] = None,
+                             model_kwargs: Optional[dict] = None) -> Dict[str, Any]:
+        """Calls the model once at a noise level given by its alpha_bar, on or between the table's steps.
+
+        For solvers that visit noise levels between the trained timesteps
+        (Karras sigmas, stochastic churn): the model gets the (fractional)
+        timestep `t` (`samplers.levels.timestep_from_sigma`), mapped by `model_timesteps`;
+        its output is converted with `alphas_cumprod` itself, not with a table
+        value. On the table (integer `t`, its alpha_bar) this equals
+        `model_predictions` up to float32 rounding of the coefficients.
+
+        Args:
+            model_fn: `model_fn(x_t, t, **model_kwargs)`; `t` float32 here
+                when given as floats (the tfdiffusion `UNet` accepts them).
+            x_t: float32 `[B, ...]`.
+            t: `[B]` timesteps in [0, T - 1], integer or float.
+            alphas_cumprod: alpha_bar of the level, a float scalar or `[B]`,
+                in [0, 1) (0 only for "x0" and "v" prediction).
+            clip_denoised, denoised_fn, model_kwargs: as in `model_predictions`.
+
+        Returns:
+            The dict of `predictions_from_output`.
+        """
+        x_t = tf.convert_to_tensor(x_t, tf.float32)
+        t = tf.convert_to_tensor(t)
+        if t.dtype.is_integer:
+            t = self._check_t(t, x_t)
+        elif t.shape.rank != 1 or (t.shape[0] is not None and x_t.shape[0] is not None
+                                   and t.shape[0] != x_t.shape[0]):
+            raise ValueError(f"`t` must be a vector of timesteps, one per example ({x_t.shape[0]}). "
+                             f"Received shape {t.shape}")
+        output = self._call_model(model_fn, x_t, t, model_kwargs)
+        return self._predictions(output, x_t, self._coefficients_at(alphas_cumprod, x_t), clip_denoised,
+                                 denoised_fn)
 
     def reverse_log_variance(self, log_small: tf.Tensor, log_beta: tf.Tensor, log_large: tf.Tensor,
                              var_values: Optional[tf.Tensor], like: tf.Tensor) -> tf.Tensor:

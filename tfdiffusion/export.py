@@ -82,6 +82,17 @@ def resolve_version_dir(path: str) -> str:
     return os.path.join(path, str(versions[-1]))
 
 
+def _check_spacing(samplers: Sequence[str], spacing: str) -> None:
+    """Refuses a spacing some exported sampler cannot use (e.g. "karras" for "ddim"), naming them."""
+    validation.check_choice("spacing", spacing, samplers_lib.SOLVER_SPACINGS)
+    refusing = [name for name in samplers if spacing not in samplers_lib.get_sampler(name).spacings]
+    if refusing:
+        able = [name for name in samplers_lib.sampler_names() if spacing in samplers_lib.get_sampler(name).spacings]
+        raise ValueError(f"spacing={spacing!r} applies to the samplers {', '.join(able)} only; the export "
+                         f"includes {', '.join(refusing)}. Export those separately (`samplers`) or choose "
+                         f"another spacing.")
+
+
 def _check_arguments(model, samplers, default_sampler, max_images, jit_compile, overwrite):
     if not isinstance(model, DiffusionModel):
         raise TypeError(f"`model` must be a tfdiffusion DiffusionModel. Received: {type(model).__name__}")
@@ -98,7 +109,7 @@ def _check_arguments(model, samplers, default_sampler, max_images, jit_compile, 
 
 
 def _metadata(model, module: ServingModule, default_sampler: str, spacing: str, clip_denoised: bool,
-              jit_compile: bool) -> Dict[str, Any]:
+              jit_compile: bool, threshold: Optional[float]) -> Dict[str, Any]:
     try:
         version = importlib.metadata.version("tfdiffusion")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree
@@ -111,20 +122,22 @@ def _metadata(model, module: ServingModule, default_sampler: str, spacing: str, 
                 image_shape=list(module.image_shape), num_classes=model.num_classes,
                 null_label=model.null_label, num_timesteps=module.num_timesteps, max_images=module.max_images,
                 default_sampler=default_sampler, samplers=samplers, spacing=spacing,
-                clip_denoised=clip_denoised, jit_compile=jit_compile,
+                clip_denoised=clip_denoised, threshold=threshold, jit_compile=jit_compile,
                 model_mean_type=model.diffusion.model_mean_type, model_var_type=model.diffusion.model_var_type,
                 label_dropout=model.label_dropout)
 
 
 def _warmup_requests(module: ServingModule, default_sampler: str):
-    """One request per signature and batch size {1, max_images}, with 1 step: cheap, every shape compiled."""
+    """One request per signature and batch size {1, max_images}, with the sampler's fewest steps (1 for most):
+    cheap, every shape compiled."""
     conditional = module.num_classes is not None
     requests = []
     for name, image_sampler in module.image_samplers.items():
         specs = generate_input_specs(conditional, image_sampler.option_names)
         signatures = [signature_name(name)] + (["generate", "serving_default"] if name == default_sampler else [])
         for batch in sorted({1, module.max_images}):
-            values = example_inputs(specs, request_values(conditional, image_sampler.sampler.options, batch, 1))
+            values = example_inputs(specs, request_values(conditional, image_sampler.sampler.options, batch,
+                                                          image_sampler.sampler.min_steps))
             requests += [(signature, values) for signature in signatures]
     requests.append(("denoise", module.denoise_example(1)))
     return requests
@@ -145,7 +158,8 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
                        max_images: int = DEFAULT_MAX_IMAGES, samplers: Optional[Sequence[str]] = None,
                        default_sampler: str = "ddim", spacing: Optional[str] = None,
                        clip_denoised: Optional[bool] = None, jit_compile: bool = False,
-                       overwrite: bool = False, warmup_requests: bool = True) -> str:
+                       overwrite: bool = False, warmup_requests: bool = True,
+                       threshold: Optional[float] = None) -> str:
     """Exports a `DiffusionModel`'s EMA network as a servable SavedModel in `BASE/NAME/VERSION/`.
 
     The version is written to a hidden temporary folder in `BASE/NAME/` and
@@ -164,13 +178,18 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
         samplers: sampler names to export, one `generate_<name>` signature
             each (default: every registered sampler).
         default_sampler: the sampler of `generate` and `serving_default`.
-        spacing: timestep spacing (default: the model's).
+        spacing: timestep spacing of every exported sampler (default: the
+            model's); "karras" only for samplers that take it (the
+            DPM-Solver++ and EDM families).
         clip_denoised: clip each predicted x_0 (default: the model's).
         jit_compile: compile the sampling loops with XLA. TF Serving's CPU
             model server runs XLA only with `--xla_cpu_compilation_enabled`;
             without it such a model fails at its first request.
         overwrite: replace an existing version (default: refuse).
         warmup_requests: write `assets.extra/tf_serving_warmup_requests`.
+        threshold: dynamic thresholding percentile in (0, 1] of each
+            predicted x_0 in every exported sampler (see
+            `DiffusionModel.generate`); None: off.
 
     Returns:
         The version directory written.
@@ -185,8 +204,10 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
     if version is not None:
         version = validation.check_int("version", version, 0)
     spacing = model.spacing if spacing is None else spacing
+    _check_spacing(samplers, spacing)
     clip_denoised = model.clip_denoised if clip_denoised is None else validation.check_bool(
         "clip_denoised", clip_denoised)
+    threshold = samplers_lib.check_threshold(threshold)
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ValueError(f"`path` {model_dir!r} is a file; expected a model directory BASE/NAME")
     if version is None:
@@ -195,7 +216,7 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"Version {version} already exists at {final!r}; choose another `version` "
                               "or pass overwrite=True to replace it")
-    module = ServingModule(model, samplers, max_images, spacing, clip_denoised, jit_compile)
+    module = ServingModule(model, samplers, max_images, spacing, clip_denoised, jit_compile, threshold)
     signatures = module.signatures(default_sampler)  # traced before anything is written
     os.makedirs(model_dir, exist_ok=True)
     with _temporary_version_dir(model_dir, version) as tmp:
@@ -205,7 +226,8 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, METADATA_FILE), "w") as file:
-            json.dump(_metadata(model, module, default_sampler, spacing, clip_denoised, jit_compile), file,
+            json.dump(_metadata(model, module, default_sampler, spacing, clip_denoised, jit_compile, threshold),
+                      file,
                       indent=2)
         if warmup_requests:
             warmup.write_warmup_requests(os.path.join(tmp, warmup.WARMUP_FILE),

@@ -15,7 +15,7 @@ can make the graph allocate more than `max_images` images even if the
 assert were removed.
 """
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -98,10 +98,12 @@ class ServingModule(tf.Module):
         clip_denoised: clip predicted x_0 at each sampling step.
         jit_compile: compile the sampling loops (and `denoise`'s network
             call) with XLA.
+        threshold: dynamic thresholding percentile of each predicted x_0, or
+            None.
     """
 
     def __init__(self, model, samplers: Sequence[str], max_images: int, spacing: str, clip_denoised: bool,
-                 jit_compile: bool):
+                 jit_compile: bool, threshold: Optional[float] = None):
         super().__init__(name="tfdiffusion_serving")
         # Kept out of the saved object graph (only the variables below are saved).
         self._model = _Untracked(model)
@@ -111,7 +113,7 @@ class ServingModule(tf.Module):
         self.num_classes = model.num_classes
         # The SavedModel holds exactly these variables: the EMA network's weights.
         self.ema_weights = [weight.value for weight in model.ema_network.weights]
-        self.image_samplers = {name: model.image_sampler(name, spacing, clip_denoised, jit_compile)
+        self.image_samplers = {name: model.image_sampler(name, spacing, clip_denoised, jit_compile, threshold)
                                for name in samplers}
         # Untracked: the `denoise` signature holds its graph; tracked, it would be saved (and traced) twice.
         self._denoise_inner = _Untracked(tf.function(self._predict, jit_compile=jit_compile, autograph=False))

@@ -24,6 +24,7 @@ __all__ = [
     "as_float_images",
     "build_shapes_network",
     "inception_features",
+    "inception_weights_path",
     "shapes_features",
 ]
 
@@ -154,10 +155,20 @@ def _keras_home():
     return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
 
 
+def inception_weights_path(cache_dir: Optional[str] = None) -> str:
+    """Where `inception_features("imagenet")` looks for (and downloads) the weights: `CACHE/models/FILE`.
+
+    Args:
+        cache_dir: Keras' cache directory; None for `$KERAS_HOME` or ~/.keras.
+    """
+    cache_dir = _keras_home() if cache_dir is None else os.fspath(cache_dir)
+    return os.path.join(cache_dir, "models", INCEPTION_WEIGHTS_FILE)
+
+
 def _inception_weights(download, cache_dir):
     """The path of the cached ImageNet weights, downloading them if allowed."""
     cache_dir = _keras_home() if cache_dir is None else os.fspath(cache_dir)
-    path = os.path.join(cache_dir, "models", INCEPTION_WEIGHTS_FILE)
+    path = inception_weights_path(cache_dir)
     if os.path.exists(path):
         return path
     advice = (f"Copy {INCEPTION_WEIGHTS_FILE} (from {_INCEPTION_ORIGIN}) to {path}, or pass "

@@ -3,13 +3,14 @@
 import contextlib
 import re
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfdiffusion import random as tfd_random
+from tfdiffusion import samplers
 from tfdiffusion import sampling
 from tfdiffusion import schedules
 from tfdiffusion import timestep_sampling
@@ -37,6 +38,18 @@ def _assertion_errors_as_value_errors():
             raise
         message = " ".join(part for part in found.groups() if part)
         raise ValueError(f"{message} (checked in the compiled step)") from None
+
+
+def _merge_eta(eta: Optional[float], options: Optional[Mapping[str, float]]) -> Dict[str, Any]:
+    """`generate`'s `eta` shortcut and its `options` as one dict of run-time options."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"`options` must be a dict of run-time sampler options. Received: options={options!r}")
+    merged = dict(options or {})
+    if eta is not None:
+        if "eta" in merged:
+            raise ValueError(f"`eta` is given twice: eta={eta!r} and options['eta']={merged['eta']!r}")
+        merged["eta"] = eta
+    return merged
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -499,15 +512,19 @@ class DiffusionModel(keras.Model):
         return labels.astype(np.int32)
 
     def image_sampler(self, sampler: str = "ddim", spacing: Optional[str] = None, clip_denoised: bool = True,
-                      jit_compile: bool = False) -> sampling.ImageSampler:
-        """The traced sampling function of `generate` (and the SavedModel export), cached."""
+                      jit_compile: bool = False, threshold: Optional[float] = None) -> sampling.ImageSampler:
+        """The traced sampling function of `generate` (and the SavedModel export), cached.
+
+        `threshold`: dynamic-thresholding percentile in (0, 1], or None (see `generate`).
+        """
         spacing = self.spacing if spacing is None else spacing
-        key = (sampler, spacing, clip_denoised, jit_compile)
+        threshold = samplers.check_threshold(threshold)
+        key = (sampler, spacing, clip_denoised, jit_compile, threshold)
         if key not in self._image_samplers:
             self._image_samplers[key] = sampling.ImageSampler(
                 self.ema_network, self.diffusion, self.image_shape, sampler, num_classes=self.num_classes,
                 null_label=self.null_label, spacing=spacing, clip_denoised=clip_denoised,
-                jit_compile=jit_compile)
+                jit_compile=jit_compile, threshold=threshold)
         return self._image_samplers[key]
 
     def generate(self, num_images: int, sampler: str = "ddim", num_steps: int = 50, seed: Optional[int] = None,
@@ -515,30 +532,39 @@ class DiffusionModel(keras.Model):
                  clip_denoised: Optional[bool] = None, spacing: Optional[str] = None,
                  batch_size: Optional[int] = None,
                  jit_compile: Optional[bool] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 threshold: Optional[float] = None,
+                 options: Optional[Mapping[str, float]] = None) -> np.ndarray:
         """Samples images with the EMA weights.
 
         Args:
             num_images: how many images.
             sampler: a registered sampler (`tfdiffusion.samplers.sampler_names()`:
-                "ddpm" ancestral, "ddim", ...).
+                "ddpm" ancestral, "ddim", "dpmpp_2m", "dpmpp_3m",
+                "dpmpp_2m_sde", "euler", "heun", "euler_ancestral").
             num_steps: sampling steps in [1, T], spread by `spacing`.
             seed: int; the same seed gives the same images. None: random.
             labels: ints `[num_images]` (or one int) for a conditional
                 network; None cycles through the classes 0, 1, ...
             guidance_scale: classifier-free guidance scale s (1: none);
                 conditional networks only.
-            eta: DDIM noise (None: the sampler's default, 0); only for
-                samplers that take it.
+            eta: the noise of "ddim" (default 0), "euler_ancestral" and
+                "dpmpp_2m_sde" (default 1) (None: the sampler's default);
+                only for samplers that take it.
             clip_denoised: clip predicted x_0 to [-1, 1] at each step (None:
                 the model's `clip_denoised`).
-            spacing: "leading", "trailing" or "linspace" (None: the model's
-                `spacing`).
+            spacing: "leading", "trailing" or "linspace", or "karras" for the
+                DPM-Solver++ and EDM samplers (None: the model's `spacing`).
             batch_size: images per network batch (default: all at once).
             jit_compile: compile the sampling loop with XLA (per replica
                 under a multi-replica strategy); None: yes. (XLA draws other
                 random numbers than the CPU kernels for the same seed.)
             progress: optional `progress(done, total)` called after each batch.
+            threshold: dynamic thresholding (Saharia et al. 2022) of each
+                predicted x_0 at this percentile in (0, 1] (0.995 in the
+                paper), instead of plain clipping; None: off.
+            options: further run-time options of the sampler by name, e.g.
+                `{"churn": 10.0}` for "heun" (`samplers.get_sampler(name).options`).
 
         Returns:
             uint8 numpy array `[num_images, H, W, C]`.
@@ -557,9 +583,9 @@ class DiffusionModel(keras.Model):
         sampling.check_sampling_memory(self.ema_network, self.image_shape, num_images, batch_size,
                                        guided=self.num_classes is not None and guidance_scale != 1.0)
         labels = self._check_labels(num_images, labels)
-        image_sampler = self.image_sampler(sampler, spacing, clip_denoised, jit_compile)
+        image_sampler = self.image_sampler(sampler, spacing, clip_denoised, jit_compile, threshold)
         num_steps = image_sampler.sampler.check_num_steps(num_steps)
-        options = image_sampler.sampler.check_options({} if eta is None else {"eta": eta})
+        options = image_sampler.sampler.check_options(_merge_eta(eta, options))
         if guidance_scale != 1.0 and self.label_dropout == 0.0:
             warnings.warn(f"Sampling with guidance_scale={guidance_scale:g} from a model trained with "
                           "label_dropout=0: its null-label embedding never trained, so the guidance "

@@ -98,16 +98,20 @@ class ImageSampler:
         spacing: timestep spacing of the sampler.
         clip_denoised: clip predicted x_0 to [-1, 1] at each step.
         jit_compile: compile the sampling loop with XLA.
+        threshold: dynamic thresholding percentile in (0, 1] for each
+            predicted x_0 (Saharia et al. 2022), or None.
     """
 
     def __init__(self, network: Callable, diffusion, image_shape: Sequence[int], sampler: str,
                  num_classes: Optional[int] = None, null_label: Optional[int] = None,
-                 spacing: str = "leading", clip_denoised: bool = True, jit_compile: bool = False):
+                 spacing: str = "leading", clip_denoised: bool = True, jit_compile: bool = False,
+                 threshold: Optional[float] = None):
         self.network = network
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = num_classes
         self.null_label = null_label
-        self.sampler = samplers.get_sampler(sampler)(diffusion, spacing=spacing, clip_denoised=clip_denoised)
+        self.sampler = samplers.get_sampler(sampler)(diffusion, spacing=spacing, clip_denoised=clip_denoised,
+                                                     threshold=threshold)
         self.jit_compile = bool(jit_compile)
         self.function = tf.function(self._sample, jit_compile=self.jit_compile, autograph=False,
                                     input_signature=self.input_signature())

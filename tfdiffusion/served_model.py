@@ -9,7 +9,7 @@ settings (same XLA mode). `load_generator` loads either kind of model.
 
 import json
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -82,6 +82,35 @@ class ServedModel:
         return (f"ServedModel({self.path!r}: {shape}, {classes}, T={self.num_timesteps}, samplers "
                 f"{', '.join(self.samplers)}, at most {self.max_images} images per call)")
 
+    def _check_fixed(self, **given: Any) -> None:
+        """Refuses settings that differ from the ones fixed in the exported graphs."""
+        for name, value in given.items():
+            exported = self.metadata.get(name)
+            if value is not None and value != exported:
+                raise ValueError(f"This SavedModel was exported with {name}={exported!r}; it is fixed in its "
+                                 f"graphs. Received: {name}={value!r} (re-export to change it)")
+
+    @staticmethod
+    def _options(sampler: str, defaults: Mapping[str, float], eta: Optional[float],
+                 options: Optional[Mapping[str, float]]) -> Dict[str, float]:
+        """The signature's option values: `options` (and the `eta` shortcut) over the sampler's defaults."""
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"`options` must be a dict of run-time sampler options. Received: options={options!r}")
+        given = dict(options or {})
+        if eta is not None:
+            if "eta" in given:
+                raise ValueError(f"`eta` is given twice: eta={eta!r} and options['eta']={given['eta']!r}")
+            given["eta"] = eta
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            takes = f"takes {sorted(defaults)}" if defaults else "takes no options"
+            raise ValueError(f"sampler {sampler!r} {takes}. Received: "
+                             + ", ".join(f"{name}={given[name]!r}" for name in unknown))
+        values = dict(defaults)
+        values.update({name: validation.check_number(name, value, 0.0) for name, value in given.items()
+                       if value is not None})
+        return values
+
     def _labels(self, num_images: int, labels: Any) -> Optional[np.ndarray]:
         if self.num_classes is None:
             if labels is not None:
@@ -103,9 +132,12 @@ class ServedModel:
 
     def generate(self, num_images: int, sampler: Optional[str] = None, num_steps: int = 50,
                  seed: Optional[int] = None, labels: Any = None, guidance_scale: float = 1.0,
-                 eta: Optional[float] = None, batch_size: Optional[int] = None,
+                 eta: Optional[float] = None, clip_denoised: Optional[bool] = None,
+                 spacing: Optional[str] = None, batch_size: Optional[int] = None,
                  jit_compile: Optional[bool] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 threshold: Optional[float] = None,
+                 options: Optional[Mapping[str, float]] = None) -> np.ndarray:
         """Samples images; the arguments are `DiffusionModel.generate`'s.
 
         Args:
@@ -117,12 +149,16 @@ class ServedModel:
                 through the classes).
             guidance_scale: classifier-free guidance scale (conditional only).
             eta: the sampler's `eta` option, if it takes one (None: its default).
+            clip_denoised, spacing, threshold: fixed at export (see
+                `metadata`); None or the exported value, else a ValueError.
             batch_size: images per signature call, at most `max_images`
                 (default: `min(num_images, max_images)`). The first batch
                 uses `seed` itself, later ones seeds derived from it, so
                 batches after the first differ from `DiffusionModel.generate`'s.
             jit_compile: None or the export's XLA mode (it is fixed in the graph).
             progress: optional `progress(done, total)` after each batch.
+            options: the sampler's other run-time options by name, e.g.
+                `{"churn": 10.0}` for "heun" (None: the defaults).
 
         Returns:
             uint8 numpy array `[num_images, H, W, C]`.
@@ -138,10 +174,8 @@ class ServedModel:
         if self.num_classes is None and guidance_scale != 1.0:
             raise ValueError("`guidance_scale` needs a class-conditional model; this one is unconditional. "
                              f"Received: guidance_scale={guidance_scale}")
-        if eta is not None and "eta" not in info["options"]:
-            raise ValueError(f"sampler {sampler!r} takes no `eta`. Received: eta={eta!r}")
-        options = {name: (eta if name == "eta" and eta is not None else default)
-                   for name, default in info["options"].items()}
+        self._check_fixed(clip_denoised=clip_denoised, spacing=spacing, threshold=threshold)
+        options = self._options(sampler, info["options"], eta, options)
         batch_size = validation.check_int("batch_size", min(num_images, self.max_images)
                                           if batch_size is None else batch_size, 1, self.max_images)
         if jit_compile is not None and validation.check_bool("jit_compile", jit_compile) != self.jit_compile:

@@ -13,12 +13,15 @@ import tensorflow as tf
 from PIL import Image
 
 from tfdiffusion import data
+from tfdiffusion import features
 from tfdiffusion import images
+from tfdiffusion import metrics
+from tfdiffusion import samplers
+from tfdiffusion import sampling
 from tfdiffusion import training
 from tfdiffusion.convert import convert_diffusers
 from tfdiffusion.export import export_saved_model
-from tfdiffusion import samplers
-from tfdiffusion import sampling
+from tfdiffusion.cli.parser import DEFAULT_EVALUATE_IMAGES
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_BATCH
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
 from tfdiffusion.cli.parser import GRID_EXTENSIONS
@@ -75,13 +78,42 @@ def _load(path, flag="--model"):
         raise CLIError(f"{flag} {_one_line(error)}") from None
 
 
-def _progress_printer():
+def _progress_printer(file=None):
     begin = time.time()
 
     def progress(done, total):
-        print(f"sampled {done}/{total} images ({time.time() - begin:.1f}s)", flush=True)
+        print(f"sampled {done}/{total} images ({time.time() - begin:.1f}s)", file=file or sys.stdout, flush=True)
 
     return progress
+
+
+def _sampler_options(args, sampler):
+    """--eta and --churn as `generate`'s options (refused for samplers without them); --threshold checked."""
+    options = {name: value for name, value in (("eta", args.eta), ("churn", args.churn)) if value is not None}
+    takes = samplers.get_sampler(sampler).options
+    for name in options:
+        if name not in takes:
+            users = [s for s in samplers.sampler_names() if name in samplers.get_sampler(s).options]
+            raise CLIError(f"--{name} applies to --sampler {', '.join(users)} only. Received: --sampler {sampler}")
+    if args.threshold is not None and args.threshold > 1:
+        raise CLIError(f"--threshold must be a percentile in (0, 1]. Received: {args.threshold}")
+    if args.spacing is not None and args.spacing not in samplers.get_sampler(sampler).spacings:
+        users = [s for s in samplers.sampler_names() if args.spacing in samplers.get_sampler(s).spacings]
+        raise CLIError(f"--spacing {args.spacing} applies to --sampler {', '.join(users)} only. "
+                       f"Received: --sampler {sampler}")
+    return options
+
+
+def _sampling_steps(args, sampler, T):
+    """--steps, or the default (50 capped at T; ddpm T), checked against [min_steps, T]."""
+    steps = args.steps or (T if sampler == "ddpm" else min(DEFAULT_SAMPLE_STEPS, T))
+    if steps > T:
+        raise CLIError(f"--steps must be between 1 and the model's T={T}. Received: {steps}")
+    family = samplers.get_sampler(sampler)
+    if steps < family.min_steps:
+        raise CLIError(f"--steps must be at least {family.min_steps} for --sampler {sampler}: "
+                       f"{family.min_steps_reason} Received: {steps}")
+    return steps
 
 
 # ------------------------------------------------------------------ train
@@ -139,17 +171,13 @@ def sample(args):
         _check_output_file(npz, "--npz", "npz", args.overwrite, (".npz",))
     if png is not None and npz is not None and os.path.abspath(png) == os.path.abspath(npz):
         raise CLIError(f"--output and --npz name the same file {png!r}")
+    options = _sampler_options(args, args.sampler)
     try:  # a .keras file, a run folder or an exported SavedModel; says which
         model = load_generator(args.model, log=lambda line: print(line, flush=True))
     except (ValueError, OSError) as error:
         raise CLIError(f"--model {_one_line(error)}") from None
     T = model.num_timesteps if hasattr(model, "num_timesteps") else model.diffusion.num_timesteps
-    if args.eta is not None and "eta" not in samplers.get_sampler(args.sampler).options:
-        takes = [name for name in samplers.sampler_names() if "eta" in samplers.get_sampler(name).options]
-        raise CLIError(f"--eta applies to --sampler {' or '.join(takes)} only. Received: --sampler {args.sampler}")
-    steps = args.steps or (min(DEFAULT_SAMPLE_STEPS, T) if args.sampler == "ddim" else T)
-    if steps > T:
-        raise CLIError(f"--steps must be between 1 and the model's T={T}. Received: {steps}")
+    steps = _sampling_steps(args, args.sampler, T)
     num_images = args.num_images or (len(args.labels) if args.labels is not None else 16)
     try:  # the result alone must fit, before labels and layout are made for it
         sampling.check_sampling_memory(getattr(model, "ema_network", None), model.image_shape, num_images, 1,
@@ -170,8 +198,8 @@ def sample(args):
     print(f"Sampling {num_images} images ({args.sampler}, {steps} steps, seed {seed})", flush=True)
     try:
         generated = model.generate(num_images, sampler=args.sampler, num_steps=steps, seed=seed, labels=labels,
-                                   guidance_scale=args.guidance_scale, eta=args.eta,
-                                   batch_size=batch_size, jit_compile=args.jit_compile,
+                                   guidance_scale=args.guidance_scale, options=options, spacing=args.spacing,
+                                   threshold=args.threshold, batch_size=batch_size, jit_compile=args.jit_compile,
                                    progress=_progress_printer())
     except (ValueError, TypeError) as error:
         raise CLIError(f"cannot sample: {_one_line(error)}") from None
@@ -186,18 +214,40 @@ def sample(args):
 
 
 # --------------------------------------------------------------- evaluate
+_QUALITY_FLAGS = ("num_images", "inception_weights", "kid_subset_size", "sampler", "steps", "spacing", "eta", "churn",
+                  "threshold", "guidance_scale")
+
+
+def _held_out_split(args):
+    """--split, by default "test" (load_dataset's own default is "train"), none for an image folder."""
+    if args.split is not None:
+        return args.split
+    return None if os.path.exists(args.dataset) else "test"
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
 def evaluate(args):
+    if args.bpd_steps is not None and args.metric != "bpd":
+        raise CLIError("--bpd-steps applies to --metric bpd only")
+    if args.metric in ("fid", "kid"):
+        return _evaluate_quality(args)
+    given = [_flag(name) for name in _QUALITY_FLAGS if getattr(args, name) is not None]
+    given += ["--download-inception"] if args.download_inception else []
+    given += ["--features"] if args.features != "auto" else []
+    if given:
+        raise CLIError(f"{given[0]} applies to --metric fid and kid only. Received: --metric {args.metric}")
     model = _load(args.model)
     T = model.diffusion.num_timesteps
     height, _, channels = model.image_shape
-    if args.bpd_steps is not None and args.metric != "bpd":
-        raise CLIError("--bpd-steps applies to --metric bpd only")
     bpd_steps = min(args.bpd_steps or T, T) if args.metric == "bpd" else 0
     model.set_bpd_evaluation(bpd_steps)
     model.set_evaluation_seed(args.seed)
     model.compile(optimizer=None, jit_compile="auto" if args.jit_compile is None else args.jit_compile)
     try:
-        dataset = data.load_dataset(args.dataset, args.split, height, args.batch_size, training=False,
+        dataset = data.load_dataset(args.dataset, _held_out_split(args), height, args.batch_size, training=False,
                                     channels=channels, with_labels=None if model.num_classes else False,
                                     data_dir=args.data_dir, seed=args.seed,
                                     skip_unreadable=bool(args.skip_unreadable))
@@ -223,13 +273,134 @@ def evaluate(args):
     with contextlib.redirect_stdout(sys.stderr):  # Keep stdout for the JSON.
         results = model.evaluate(dataset.batches, steps=num_batches, return_dict=True,
                                  verbose=1 if sys.stderr.isatty() else 2)
-    report = dict(model=args.model, dataset=args.dataset,
-                  split=None if os.path.exists(args.dataset) else (args.split or "test"),
+    report = dict(model=args.model, dataset=args.dataset, split=_held_out_split(args),
                   num_images=num_images, metric=args.metric)
     if bpd_steps:
         report.update(bpd=float(results["bpd"]), bpd_steps=bpd_steps, num_timesteps=T,
                       bpd_estimate=("full T-step bound" if bpd_steps >= T else f"stratified {bpd_steps}-step estimate"))
     report.update(loss=float(results["loss"]), mse=float(results["mse"]), vb=float(results["vb"]), seed=args.seed)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _feature_extractor(args):
+    """The --features extractor (auto: shapes for the shapes data), with a clear error if Inception's weights
+    are missing; returns `(name, extractor)`."""
+    name = args.features if args.features != "auto" else ("shapes" if args.dataset == "shapes" else "inception")
+    if name != "inception":
+        for flag, value in (("--inception-weights", args.inception_weights),
+                            ("--download-inception", args.download_inception or None)):
+            if value is not None:
+                raise CLIError(f"{flag} applies to --features inception only. Received: --features {args.features}"
+                               + (f" (shapes for --dataset {args.dataset})" if args.features == "auto" else ""))
+        return name, features.shapes_features()
+    try:
+        return name, features.inception_features(args.inception_weights or "imagenet",
+                                                 download=args.download_inception)
+    except FileNotFoundError:
+        if args.inception_weights:
+            raise CLIError(f"--inception-weights {args.inception_weights!r} does not exist; expected a local copy "
+                           f"of Keras' {features.INCEPTION_WEIGHTS_FILE}") from None
+        raise CLIError(f"--features inception needs Keras' InceptionV3 ImageNet weights, which are not at "
+                       f"{features.inception_weights_path()}: --download-inception fetches them there (87 MB, "
+                       f"once), or --inception-weights FILE names a local copy of {features.INCEPTION_WEIGHTS_FILE}; "
+                       "the built-in shapes data works offline with --features shapes") from None
+    except OSError as error:
+        raise CLIError(f"--download-inception: {_one_line(error)}") from None
+
+
+def _real_images(args, model, num_images):
+    """The first `num_images` images of the held-out split at the model's resolution, and their labels."""
+    height, _, channels = model.image_shape
+    try:
+        dataset = data.load_dataset(args.dataset, _held_out_split(args), height, min(num_images, 256), training=False,
+                                    channels=channels, with_labels=None if model.num_classes else False,
+                                    data_dir=args.data_dir, seed=args.seed,
+                                    skip_unreadable=bool(args.skip_unreadable))
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"--dataset {_one_line(error)}") from None
+    if dataset.channels != channels:
+        raise CLIError(f"--dataset {args.dataset!r} has {dataset.channels}-channel images but the model "
+                       f"expects {channels} channels ({'x'.join(map(str, model.image_shape))})")
+    if model.num_classes is not None and dataset.num_classes != model.num_classes:
+        found = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"
+        raise CLIError(f"the model is class-conditional with {model.num_classes} classes but "
+                       f"--dataset {args.dataset!r} has {found}")
+    if args.num_images is not None and dataset.num_examples is not None and dataset.num_examples < num_images:
+        raise CLIError(f"--num-images {num_images} is more than the {dataset.num_examples} images of "
+                       f"--dataset {args.dataset!r}")
+    images_seen, labels_seen, count = [], [], 0
+    for batch in dataset.batches:
+        batch_images, batch_labels = batch if isinstance(batch, tuple) else (batch, None)
+        images_seen.append(batch_images.numpy())
+        if batch_labels is not None:
+            labels_seen.append(batch_labels.numpy())
+        count += images_seen[-1].shape[0]
+        if count >= num_images:
+            break
+    real = np.concatenate(images_seen)[:num_images]
+    labels = np.concatenate(labels_seen)[:num_images].astype(np.int32) if labels_seen else None
+    if args.num_images is not None and len(real) < num_images:
+        raise CLIError(f"--num-images {num_images} is more than the {len(real)} images of --dataset {args.dataset!r}")
+    return real, labels
+
+
+def _evaluate_quality(args):
+    """`evaluate --metric fid|kid`: generated images against real ones in a feature space, as JSON."""
+    if args.num_batches is not None:
+        raise CLIError(f"--num-batches applies to --metric bpd and loss; --metric {args.metric} compares "
+                       "--num-images images")
+    if args.num_images is not None and args.num_images < 2:
+        raise CLIError(f"--num-images must be at least 2 for --metric {args.metric} (a covariance, or an unbiased "
+                       f"kernel estimate, needs 2 images a side). Received: {args.num_images}")
+    if args.kid_subset_size is not None and args.metric != "kid":
+        raise CLIError(f"--kid-subset-size applies to --metric kid only. Received: --metric {args.metric}")
+    sampler = args.sampler or "ddim"
+    options = _sampler_options(args, sampler)
+    guidance_scale = 1.0 if args.guidance_scale is None else args.guidance_scale
+    feature_name, extractor = _feature_extractor(args)
+    try:
+        model = load_generator(args.model, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--model {_one_line(error)}") from None
+    T = model.num_timesteps if hasattr(model, "num_timesteps") else model.diffusion.num_timesteps
+    steps = _sampling_steps(args, sampler, T)
+    if model.num_classes is None and guidance_scale != 1.0:
+        raise CLIError(f"--guidance-scale needs a class-conditional model; this one is unconditional. "
+                       f"Received: {guidance_scale}")
+    real, real_labels = _real_images(args, model, args.num_images or DEFAULT_EVALUATE_IMAGES)
+    num_images = len(real)
+    if num_images < 2:
+        raise CLIError(f"--dataset {args.dataset!r} has {num_images} image(s); --metric {args.metric} needs 2 or more")
+    labels = real_labels if model.num_classes is not None else None
+    print(f"Generating {num_images} images ({sampler}, {steps} steps, seed {args.seed}) against {num_images} "
+          f"real images of {args.dataset}; {feature_name} features", file=sys.stderr, flush=True)
+    try:
+        generated = model.generate(num_images, sampler=sampler, num_steps=steps, seed=args.seed, labels=labels,
+                                   guidance_scale=guidance_scale, options=options or None, spacing=args.spacing,
+                                   threshold=args.threshold, batch_size=_fitting_batch(model, num_images,
+                                                                                        guidance_scale),
+                                   jit_compile=args.jit_compile, progress=_progress_printer(sys.stderr))
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"cannot sample: {_one_line(error)}") from None
+    if args.metric == "fid":
+        metric = metrics.FrechetInceptionDistance(extractor)
+    else:
+        metric = metrics.KernelInceptionDistance(extractor, subset_size=min(args.kid_subset_size or 1000,
+                                                                            num_images))
+    for start in range(0, num_images, 256):
+        metric.update_state(real[start:start + 256], generated[start:start + 256])
+    report = dict(model=args.model, dataset=args.dataset, split=_held_out_split(args), metric=args.metric)
+    if args.metric == "fid":
+        report["fid"] = float(metric.result())
+    else:
+        kid, kid_std = metric.result_with_std()
+        report.update(kid=float(kid), kid_std=float(kid_std), kid_subset_size=metric.subset_size)
+    spacing = args.spacing or getattr(model, "spacing", None) or getattr(model, "metadata", {}).get("spacing")
+    report.update(num_images=num_images, features=feature_name, feature_dim=metric.feature_dim, sampler=sampler,
+                  steps=steps, network_evaluations=samplers.get_sampler(sampler).network_evaluations(steps),
+                  spacing=spacing, threshold=args.threshold, options=options, guidance_scale=guidance_scale,
+                  seed=args.seed)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -251,10 +422,20 @@ def export(args):
     output = os.path.abspath(args.output)
     if args.overwrite and os.path.abspath(args.model).startswith(output + os.sep):
         raise CLIError(f"--model {args.model!r} lies inside --output {args.output!r}, which --overwrite may replace")
+    if args.threshold is not None and args.threshold > 1:
+        raise CLIError(f"--threshold must be a percentile in (0, 1]. Received: {args.threshold}")
+    if args.spacing is not None:
+        refusing = [name for name in (args.samplers or samplers.sampler_names())
+                    if args.spacing not in samplers.get_sampler(name).spacings]
+        if refusing:
+            raise CLIError(f"--spacing {args.spacing} does not apply to {', '.join(refusing)}; choose --samplers "
+                           "among " + ", ".join(name for name in samplers.sampler_names()
+                                                if args.spacing in samplers.get_sampler(name).spacings))
     model = _load(args.model)
     try:
         path = export_saved_model(model, args.output, version=args.version, max_images=args.max_images,
                                   samplers=args.samplers, default_sampler=args.default_sampler,
+                                  spacing=args.spacing, threshold=args.threshold,
                                   jit_compile=bool(args.jit_compile), overwrite=args.overwrite)
     except FileExistsError as error:
         raise CLIError(f"--output {_one_line(error)}") from None

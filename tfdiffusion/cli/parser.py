@@ -14,6 +14,8 @@ __all__ = ["CLIError", "PROG", "build_parser"]
 PROG = "tfdiffusion"
 DEFAULT_SAMPLE_STEPS = 50
 DEFAULT_SAMPLE_BATCH = 256
+DEFAULT_EVALUATE_IMAGES = 1000
+EVALUATE_METRICS = ("bpd", "loss", "fid", "kid")
 GRID_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -105,6 +107,35 @@ def _add_data_dir(parser):
         "--skip-unreadable", action="store_true", default=None,
         help="leave out unreadable files (empty, truncated, not images) of an image-folder --dataset, "
         "reporting how many (default: refuse the folder, naming them)")
+
+
+def _add_sampling_flags(parser, guidance=False):
+    """The flags that choose a sampler and its settings (`sample`, `evaluate --metric fid|kid`).
+
+    With `guidance` (evaluate), `--guidance-scale` is added too and every default is None, so that
+    a flag given with a metric that does not sample can be refused; the handler fills the defaults.
+    """
+    parser.add_argument("--sampler", choices=samplers.sampler_names(), default=None if guidance else "ddim",
+                        help="ddim (deterministic with --eta 0), ddpm (ancestral), dpmpp_2m, dpmpp_3m, "
+                        "dpmpp_2m_sde (DPM-Solver++), euler, heun, euler_ancestral (Karras et al.) "
+                        "(default: ddim)")
+    parser.add_argument("--steps", type=_positive_int,
+                        help=f"sampling steps in [1, T] (default: {DEFAULT_SAMPLE_STEPS} capped at T; ddpm T); "
+                        "heun makes 2 network calls per step but the last")
+    parser.add_argument("--spacing", choices=samplers.SOLVER_SPACINGS,
+                        help="how the steps spread over the T timesteps; karras (Karras et al.'s sigmas) "
+                        "for the dpmpp_* and euler/heun samplers only (default: the model's)")
+    parser.add_argument("--eta", type=_float_in(0.0, strict=False),
+                        help="noise scale of ddim (default 0: deterministic), euler_ancestral and "
+                        "dpmpp_2m_sde (default 1); those samplers only")
+    parser.add_argument("--churn", type=_float_in(0.0, strict=False),
+                        help="Karras et al.'s S_churn for euler and heun (default: 0, deterministic)")
+    parser.add_argument("--threshold", type=_float_in(0.0, strict=True), metavar="P",
+                        help="dynamic thresholding of each predicted x_0 at percentile P in (0, 1] "
+                        "(Saharia et al. 2022; 0.995 in the paper) instead of clipping (default: off)")
+    if guidance:
+        parser.add_argument("--guidance-scale", type=_finite_float, metavar="W",
+                            help="classifier-free guidance scale; 1 is none (default: 1.0)")
 
 
 def build_parser():
@@ -207,13 +238,7 @@ def build_parser():
                         "BASE/NAME/VERSION) (required)")
     sample.add_argument("--num-images", type=_positive_int,
                         help="number of images (default: the number of --labels, else 16)")
-    sample.add_argument("--sampler", choices=samplers.sampler_names(), default="ddim",
-                        help="ddim (deterministic with --eta 0) or ddpm (ancestral) (default: ddim)")
-    sample.add_argument("--steps", type=_positive_int,
-                        help=f"sampling steps in [1, T], evenly spaced (default: ddim {DEFAULT_SAMPLE_STEPS} "
-                        "capped at T; ddpm T)")
-    sample.add_argument("--eta", type=_float_in(0.0, strict=False),
-                        help="DDIM noise scale; 0 is deterministic, 1 DDPM-like (default: 0; ddim only)")
+    _add_sampling_flags(sample)
     sample.add_argument("--seed", type=int,
                         help="random seed; the same seed gives the same images (default: a random "
                         "seed, printed)")
@@ -242,23 +267,29 @@ def build_parser():
 
     # --------------------------------------------------------------- evaluate
     evaluate = commands.add_parser(
-        "evaluate", help="report bits/dim and losses of a trained model on held-out data",
+        "evaluate", help="report bits/dim, losses, or the FID/KID of generated images on held-out data",
         description=(
-            "Evaluate a model written by `tfdiffusion train` (its EMA weights) with "
-            "model.evaluate on a held-out split and print JSON: bpd (the variational bound in "
+            "Evaluate a model written by `tfdiffusion train` (its EMA weights) on a held-out split and "
+            "print JSON. --metric bpd or loss: model.evaluate, reporting bpd (the variational bound in "
             "bits per dimension) when --metric bpd, the training loss, mse and vb, the number "
-            "of images, and which bound estimate was used. Images are resized to the model's "
+            "of images, and which bound estimate was used. --metric fid or kid: --num-images images "
+            "generated with the sampling flags (for a class-conditional model, with the labels of the "
+            "real images) against as many real images of the split, compared in a feature space: the "
+            "shipped shapes network for the shapes data, Keras' InceptionV3 pool features otherwise "
+            "(--features). Images are resized to the model's "
             "resolution; their channel count (and classes, for a class-conditional model) must "
-            "match the model's. The progress bar goes to stderr, the JSON to stdout."))
+            "match the model's. Progress goes to stderr, the JSON to stdout."))
     evaluate.add_argument("--model", required=True, metavar="PATH",
-                          help="a .keras model file (or a training --output-dir holding model.keras) (required)")
+                          help="a .keras model file (or a training --output-dir holding model.keras); for "
+                          "fid/kid also an exported SavedModel (required)")
     evaluate.add_argument("--dataset", required=True, help=f"{dataset_help} (required)")
     _add_data_dir(evaluate)
     evaluate.add_argument("--split", help="held-out split: shapes 'test' or 'train', a TFDS split "
                           "such as test or train[:10%%]; not for an image folder (default: test)")
-    evaluate.add_argument("--metric", choices=("bpd", "loss"), default="bpd",
+    evaluate.add_argument("--metric", choices=EVALUATE_METRICS, default="bpd",
                           help="bpd: the bound in bits/dim plus the losses; loss: the losses only, "
-                          "one network call per image (default: bpd)")
+                          "one network call per image; fid: Frechet distance, kid: kernel (MMD) distance "
+                          "between generated and real images' features (default: bpd)")
     evaluate.add_argument("--bpd-steps", type=_int_at_least(2), metavar="K",
                           help="bound terms per image: K >= T is the full T-step bound, K < T a "
                           "stratified K-step estimate (K network calls per image) (default: T)")
@@ -267,8 +298,26 @@ def build_parser():
     evaluate.add_argument("--num-batches", type=_positive_int,
                           help="evaluate only the first N batches (default: the whole split)")
     evaluate.add_argument("--seed", type=int, default=0,
-                          help="seed of the evaluation noise and timesteps (default: 0)")
-    _add_jit_flag(evaluate, "Keras' 'auto': XLA except on CPU-only machines")
+                          help="seed of the evaluation noise and timesteps, or of the generated images "
+                          "(default: 0)")
+    quality = evaluate.add_argument_group("fid and kid", "generated against real images (--metric fid or kid only)")
+    quality.add_argument("--num-images", type=_positive_int,
+                         help=f"images generated and real images compared; FID needs 2 or more, KID 2 or "
+                         f"more (default: {DEFAULT_EVALUATE_IMAGES}, or the split's size if smaller)")
+    quality.add_argument("--features", choices=("auto", "shapes", "inception"), default="auto",
+                         help="feature space: shapes (the shipped shapes network, offline), inception "
+                         "(InceptionV3 pool features, 2048-d, 299x299), auto: shapes for --dataset shapes, "
+                         "else inception (default: auto)")
+    quality.add_argument("--inception-weights", metavar="FILE",
+                         help="a local copy of Keras' InceptionV3 notop weights (default: the Keras cache, "
+                         "~/.keras/models or $KERAS_HOME/models)")
+    quality.add_argument("--download-inception", action="store_true",
+                         help="download the InceptionV3 weights (87 MB) into the Keras cache if missing "
+                         "(default: never reach the network)")
+    quality.add_argument("--kid-subset-size", type=_int_at_least(2), metavar="M",
+                         help="KID: images per subset, capped at --num-images (default: 1000)")
+    _add_sampling_flags(quality, guidance=True)
+    _add_jit_flag(evaluate, "Keras' 'auto' for bpd/loss: XLA except on CPU-only machines; yes for fid/kid")
     evaluate.set_defaults(command_name="evaluate")
 
     # ---------------------------------------------------------------- convert
@@ -312,6 +361,12 @@ def build_parser():
                         f"{', '.join(samplers.sampler_names())} (default: all)")
     export.add_argument("--default-sampler", choices=samplers.sampler_names(), default="ddim",
                         help="the sampler of the generate and serving_default signatures (default: ddim)")
+    export.add_argument("--spacing", choices=samplers.SOLVER_SPACINGS,
+                        help="timestep spacing of every exported sampler; karras for the dpmpp_* and "
+                        "euler/heun samplers only (default: the model's)")
+    export.add_argument("--threshold", type=_float_in(0.0, strict=True), metavar="P",
+                        help="dynamic thresholding of each predicted x_0 at percentile P in (0, 1] in every "
+                        "exported sampler, instead of clipping (default: off)")
     _add_jit_flag(export, "no: TF Serving's CPU model server runs XLA only with --xla_cpu_compilation_enabled")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --version (default: refuse)")
     export.set_defaults(command_name="export")

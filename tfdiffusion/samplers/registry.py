@@ -8,6 +8,7 @@ Samplers use only the public prediction API of `GaussianDiffusion`
 never import it.
 """
 
+import functools
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import tensorflow as tf
@@ -15,6 +16,7 @@ import tensorflow as tf
 from tfdiffusion import random as tfd_random
 from tfdiffusion import schedules
 from tfdiffusion import validation
+from tfdiffusion.samplers import thresholding
 
 __all__ = ["Sampler", "bounded_loop", "get_sampler", "register_sampler", "sampler_names"]
 
@@ -26,33 +28,51 @@ class Sampler:
 
     Subclasses set `name`, `options` (their run-time options and defaults,
     e.g. DDIM's `{"eta": 0.0}`; each may be a Python number or a scalar
-    tensor) and implement `_sample`.
+    tensor), optionally `min_steps` (with `min_steps_reason`) and `spacings`,
+    and implement `_sample` (and `network_evaluations` if a step calls the
+    network more than once).
 
     Args:
         diffusion: the `GaussianDiffusion` the model was trained with.
         spacing: how `num_steps` < T steps are spread over [0, T):
-            "leading", "trailing" or "linspace" (`schedules.space_timesteps`).
+            "leading", "trailing" or "linspace" (`schedules.space_timesteps`),
+            or "karras" for the families whose `spacings` include it.
         clip_denoised: clip each predicted x_0 to [-1, 1].
         denoised_fn: optional `f(pred_xstart) -> pred_xstart`, applied to each
-            predicted x_0 before clipping (e.g. dynamic thresholding).
+            predicted x_0 before clipping.
+        threshold: optional percentile p in (0, 1]: dynamic thresholding of
+            each predicted x_0 (`thresholding.dynamic_threshold`), after
+            `denoised_fn`; it leaves x_0 in [-1, 1], so clipping then changes
+            nothing.
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[Mapping[str, float]] = {}
     min_steps: ClassVar[int] = 1
+    min_steps_reason: ClassVar[str] = ""  # why fewer steps cannot work, for the error message
+    spacings: ClassVar[Tuple[str, ...]] = schedules.SPACINGS
 
     def __init__(self, diffusion, spacing: str = "leading", clip_denoised: bool = True,
-                 denoised_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None):
+                 denoised_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+                 threshold: Optional[float] = None):
         self.diffusion = diffusion
-        self.spacing = validation.check_choice("spacing", spacing, schedules.SPACINGS)
+        self.spacing = validation.check_choice("spacing", spacing, self.spacings)
         self.clip_denoised = validation.check_bool("clip_denoised", clip_denoised)
+        self.threshold = thresholding.check_threshold(threshold)
         self.denoised_fn = denoised_fn
+        if self.threshold is not None:
+            self.denoised_fn = functools.partial(_threshold_after, denoised_fn, self.threshold)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(spacing={self.spacing!r}, clip_denoised={self.clip_denoised})"
+        threshold = "" if self.threshold is None else f", threshold={self.threshold}"
+        return (f"{type(self).__name__}(spacing={self.spacing!r}, clip_denoised={self.clip_denoised}"
+                f"{threshold})")
 
     def check_num_steps(self, num_steps: Any) -> int:
         """Checks a Python step count against [min_steps, T]; returns it as int."""
+        if validation.is_int(num_steps) and 1 <= num_steps < self.min_steps:
+            raise ValueError(f"`num_steps` must be at least {self.min_steps} for sampler {self.name!r}: "
+                             f"{self.min_steps_reason} Received: num_steps={num_steps}")
         return validation.check_int("num_steps", num_steps, self.min_steps, self.diffusion.num_timesteps)
 
     def check_options(self, options: Mapping[str, Any]) -> Dict[str, Any]:
@@ -73,7 +93,8 @@ class Sampler:
         """Checks one Python-valued option (override for bounds); default: a finite number >= 0."""
         return validation.check_number(key, value, 0.0)
 
-    def network_evaluations(self, num_steps: int) -> int:
+    @classmethod
+    def network_evaluations(cls, num_steps: int) -> int:
         """Network calls for `num_steps` steps (for guidance, each call is one batched pair)."""
         return int(num_steps)
 
@@ -123,6 +144,18 @@ class Sampler:
         """`diffusion.model_predictions` with this sampler's clipping and `denoised_fn`."""
         return self.diffusion.model_predictions(model_fn, x, t, clip_denoised=self.clip_denoised,
                                                 denoised_fn=self.denoised_fn, model_kwargs=model_kwargs)
+
+    def predictions_at(self, model_fn, x, t, alphas_cumprod, model_kwargs) -> Dict[str, tf.Tensor]:
+        """`diffusion.model_predictions_at` (a level between steps) with this sampler's clipping."""
+        return self.diffusion.model_predictions_at(model_fn, x, t, alphas_cumprod,
+                                                   clip_denoised=self.clip_denoised,
+                                                   denoised_fn=self.denoised_fn, model_kwargs=model_kwargs)
+
+
+def _threshold_after(denoised_fn, threshold, pred_xstart):
+    if denoised_fn is not None:
+        pred_xstart = denoised_fn(pred_xstart)
+    return thresholding.dynamic_threshold(pred_xstart, threshold)
 
 
 def bounded_loop(num_steps: Any, max_steps: int, body: Callable, state: Tuple) -> Tuple:
