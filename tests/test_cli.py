@@ -404,7 +404,7 @@ EXPECTED_FLAGS = {
     "train": ["--preset", "--dataset", "--data-dir", "--output-dir", "--steps", "--epochs",
               "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
               "--sampler", "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
-              "--no-jit-compile", "--resume"],
+              "--no-jit-compile", "--resume", "--strategy", "--mixed-precision", "--sample-every"],
     "sample": ["--model", "--num-images", "--sampler", "--steps", "--spacing", "--eta", "--churn", "--threshold",
                "--seed", "--labels",
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -50,6 +51,8 @@ CHECKPOINT_FILE = os.path.join("checkpoints", "ckpt.keras")
 RUN_FILE = os.path.join("checkpoints", "run.json")
 LOG_DIR = "logs"
 MAX_STEPS_PER_EPOCH = 500
+PROGRESS_DIR = "progress"
+PROGRESS_IMAGES = 16
 DEFAULT_NUM_SAMPLES = 64
 
 # What a resumed run cannot change: its weights, optimizer and data were made with these.
@@ -75,6 +78,8 @@ class TrainSettings:
         seed: weight initialisation, data order and sample noise.
         sampler, sample_steps, num_samples, guidance_scale: the sample grid.
         checkpoint_every: save a checkpoint every this many steps (besides every epoch).
+        sample_every: draw a fixed-seed grid (progress/samples_stepNNNNNNN.png and
+            TensorBoard) every this many epochs, the last excepted; 0: never.
         jit_compile: compile training and sampling with XLA (None: yes; per
             replica under several replicas, see `DiffusionModel`).
         strategy: a `distribute.STRATEGIES` name (None: "auto"); may differ
@@ -100,6 +105,7 @@ class TrainSettings:
     num_samples: Optional[int] = None
     guidance_scale: Optional[float] = None
     checkpoint_every: Optional[int] = None
+    sample_every: Optional[int] = None
     jit_compile: Optional[bool] = None
     skip_unreadable: Optional[bool] = None
     strategy: Optional[str] = None
@@ -112,7 +118,7 @@ class TrainSettings:
 
 def _check_settings(settings: Dict[str, Any]) -> None:
     checks = dict(image_size=1, batch_size=1, num_timesteps=2, steps=1, epochs=1, sample_steps=1,
-                  num_samples=1, checkpoint_every=1)
+                  num_samples=1, checkpoint_every=1, sample_every=0)
     for key, minimum in checks.items():
         if settings.get(key) is not None:
             validation.check_int(key, settings[key], minimum)
@@ -157,7 +163,7 @@ def resolve_settings(given: Dict[str, Any], saved: Optional[Dict[str, Any]] = No
                     batch_size=preset.batch_size, learning_rate=preset.learning_rate,
                     num_timesteps=preset.num_timesteps, steps=None if settings.get("epochs") else preset.train_steps,
                     epochs=None, seed=0, sampler=preset.sampler, sample_steps=preset.sample_steps,
-                    num_samples=DEFAULT_NUM_SAMPLES, guidance_scale=preset.guidance_scale, checkpoint_every=None,
+                    num_samples=DEFAULT_NUM_SAMPLES, guidance_scale=preset.guidance_scale, checkpoint_every=None, sample_every=1,
                     jit_compile=None, skip_unreadable=False, strategy="auto", mixed_precision="fp32")
     settings = {**defaults, **{k: v for k, v in settings.items() if v is not None}}
     if not explicit_sample_steps:
@@ -205,6 +211,23 @@ def _tensorboard(log_dir, log):
         log(f"TensorBoard is not installed (pip install tensorboard): no logs are written to {log_dir}")
         return []
     return [keras.callbacks.TensorBoard(log_dir)]
+
+
+def _progress_grid(settings, model, out, total, chief):
+    """The `SampleGrid` callback of a run: 16 images every `sample_every` epochs (none with 0).
+
+    Every worker of a cluster samples (the sampling is collective); the chief writes."""
+    every = settings.get("sample_every", 1)
+    if not every:
+        return []
+    labels, columns = grid_layout(PROGRESS_IMAGES, model.num_classes)
+    return [callbacks.SampleGrid(
+        os.path.join(out, PROGRESS_DIR) if chief else tempfile.mkdtemp(prefix="tfdiffusion-progress-"),
+        num_images=PROGRESS_IMAGES, every_epochs=every, sampler=settings["sampler"],
+        num_steps=settings["sample_steps"], guidance_scale=settings["guidance_scale"] if model.num_classes else 1.0,
+        seed=settings["seed"], labels=labels, columns=columns,
+        log_dir=os.path.join(out, LOG_DIR) if chief and importlib.util.find_spec("tensorboard") else None,
+        skip_from_step=total)]
 
 
 def _prepare_folder(out: str, resume: bool) -> bool:
@@ -362,7 +385,8 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
                 verbose=verbose,
                 callbacks=[callbacks.StopAtStep(total)]
                 + ([callbacks.AtomicCheckpoint(checkpoint, resolved.get("checkpoint_every"))]
-                   + _tensorboard(os.path.join(out, LOG_DIR), log) if chief else [])).history
+                   + _tensorboard(os.path.join(out, LOG_DIR), log) if chief else [])
+                + _progress_grid(resolved, model, out, total, chief)).history
             fit_seconds = time.time() - fit_begin
         else:
             log(f"The checkpoint has already been trained {done} steps (>= {total}); not training.")

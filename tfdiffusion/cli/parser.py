@@ -216,6 +216,11 @@ def build_parser():
                        help="also write checkpoints/ckpt.keras every N training steps, so that a kill "
                        "loses at most N steps (default: at the end of every epoch only, at most "
                        f"{training.MAX_STEPS_PER_EPOCH} steps)")
+    train.add_argument("--sample-every", type=_int_at_least(0), metavar="N",
+                       help="every N epochs, draw 16 images with the sample-grid settings and the run's seed "
+                       f"into {training.PROGRESS_DIR}/samples_stepNNNNNNN.png and TensorBoard (images), to "
+                       "watch the run; 0: never (default: 1, every epoch but the last, whose grid is "
+                       "samples.png)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --output-dir from checkpoints/ckpt.keras (weights, "
                        "EMA, optimizer state and step) up to --steps in total; unspecified "
