@@ -246,20 +246,7 @@ def evaluate(args):
     model.set_bpd_evaluation(bpd_steps)
     model.set_evaluation_seed(args.seed)
     model.compile(optimizer=None, jit_compile="auto" if args.jit_compile is None else args.jit_compile)
-    try:
-        dataset = data.load_dataset(args.dataset, _held_out_split(args), height, args.batch_size, training=False,
-                                    channels=channels, with_labels=None if model.num_classes else False,
-                                    data_dir=args.data_dir, seed=args.seed,
-                                    skip_unreadable=bool(args.skip_unreadable))
-    except (ValueError, TypeError) as error:
-        raise CLIError(f"--dataset {_one_line(error)}") from None
-    if dataset.channels != channels:
-        raise CLIError(f"--dataset {args.dataset!r} has {dataset.channels}-channel images but the model "
-                       f"expects {channels} channels ({'x'.join(map(str, model.image_shape))})")
-    if model.num_classes is not None and dataset.num_classes != model.num_classes:
-        found = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"
-        raise CLIError(f"the model is class-conditional with {model.num_classes} classes but "
-                       f"--dataset {args.dataset!r} has {found}")
+    dataset = _held_out_dataset(args, model, args.batch_size)
     num_images = dataset.num_examples
     if num_images is None:
         num_images = int(dataset.batches.reduce(0, lambda n, batch: n + tf.shape(
@@ -309,11 +296,11 @@ def _feature_extractor(args):
         raise CLIError(f"--download-inception: {_one_line(error)}") from None
 
 
-def _real_images(args, model, num_images):
-    """The first `num_images` images of the held-out split at the model's resolution, and their labels."""
+def _held_out_dataset(args, model, batch_size):
+    """--dataset's held-out split at the model's resolution, checked against the model's channels and classes."""
     height, _, channels = model.image_shape
     try:
-        dataset = data.load_dataset(args.dataset, _held_out_split(args), height, min(num_images, 256), training=False,
+        dataset = data.load_dataset(args.dataset, _held_out_split(args), height, batch_size, training=False,
                                     channels=channels, with_labels=None if model.num_classes else False,
                                     data_dir=args.data_dir, seed=args.seed,
                                     skip_unreadable=bool(args.skip_unreadable))
@@ -326,6 +313,13 @@ def _real_images(args, model, num_images):
         found = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"
         raise CLIError(f"the model is class-conditional with {model.num_classes} classes but "
                        f"--dataset {args.dataset!r} has {found}")
+    return dataset
+
+
+def _real_images(args, model, num_images):
+    """The first `num_images` images of the held-out split at the model's resolution, and their labels."""
+    height, _, channels = model.image_shape
+    dataset = _held_out_dataset(args, model, min(num_images, 256))
     if args.num_images is not None and dataset.num_examples is not None and dataset.num_examples < num_images:
         raise CLIError(f"--num-images {num_images} is more than the {dataset.num_examples} images of "
                        f"--dataset {args.dataset!r}")
