@@ -2,16 +2,14 @@
 
 import contextlib
 import re
-import warnings
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from tfdiffusion import generation
 from tfdiffusion import random as tfd_random
-from tfdiffusion import samplers
-from tfdiffusion import sampling
+from tfdiffusion import replicas
 from tfdiffusion import schedules
 from tfdiffusion import timestep_sampling
 from tfdiffusion import validation
@@ -40,20 +38,8 @@ def _assertion_errors_as_value_errors():
         raise ValueError(f"{message} (checked in the compiled step)") from None
 
 
-def _merge_eta(eta: Optional[float], options: Optional[Mapping[str, float]]) -> Dict[str, Any]:
-    """`generate`'s `eta` shortcut and its `options` as one dict of run-time options."""
-    if options is not None and not isinstance(options, Mapping):
-        raise TypeError(f"`options` must be a dict of run-time sampler options. Received: options={options!r}")
-    merged = dict(options or {})
-    if eta is not None:
-        if "eta" in merged:
-            raise ValueError(f"`eta` is given twice: eta={eta!r} and options['eta']={merged['eta']!r}")
-        merged["eta"] = eta
-    return merged
-
-
 @keras.saving.register_keras_serializable(package="tfdiffusion")
-class DiffusionModel(keras.Model):
+class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, keras.Model):
     """A denoising network trained and sampled with a `GaussianDiffusion`.
 
     `fit` takes a `tf.data.Dataset` of images `[B, H, W, C]` float32 in
@@ -188,40 +174,6 @@ class DiffusionModel(keras.Model):
             self.optimizer.build(self.network.trainable_variables)
         return self._without_whole_step_xla(super().make_train_function, force)
 
-    def make_test_function(self, force=False):
-        """Keras' test function; under several replicas with XLA, each compiles its own part (as training)."""
-        # A new test function (e.g. after `set_bpd_evaluation`) retraces the replicas' parts too.
-        self._compiled = {key: fn for key, fn in self._compiled.items() if key[0] != "evaluation"}
-        return self._without_whole_step_xla(super().make_test_function, force)
-
-    def _without_whole_step_xla(self, make_function, force):
-        """`make_function(force)` with Keras' whole-step XLA off where the replicas compile their own part."""
-        strategy = self.distribute_strategy
-        self._xla_per_replica = bool(self.jit_compile) and strategy.num_replicas_in_sync > 1 and not isinstance(
-            strategy, tf.distribute.TPUStrategy)
-        if not self._xla_per_replica:
-            return make_function(force=force)
-        self._jit_compile = False  # Keras' own whole-step compilation; the replicas compile their part
-        try:
-            return make_function(force=force)
-        finally:
-            self._jit_compile = True
-
-    def _per_replica_compiled(self, name, fn):
-        """`fn` as an XLA-compiled `tf.function` of this replica's own (one per replica and name).
-
-        One function object per replica: each traces against its replica's
-        copies of the variables on its own device.
-        """
-        replica = tf.distribute.get_replica_context()
-        replica_id = tf.get_static_value(replica.replica_id_in_sync_group) if replica is not None else 0
-        if replica_id is None:  # not known while tracing: compile nothing rather than guess
-            return fn
-        key = (name, int(replica_id))
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(fn, jit_compile=True, autograph=False)
-        return self._compiled[key]
-
     def load_weights(self, filepath, *args, **kwargs):
         """Loads weights and checks they were trained with this diffusion's T."""
         super().load_weights(filepath, *args, **kwargs)
@@ -303,23 +255,6 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"{what} yields no batch (an empty data set, or fewer images than "
                              "one batch with drop_remainder)")
         self._unpack(first)  # eagerly: the value checks raise ValueError/TypeError here
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras' build before `fit`/`evaluate`, without a data batch when nothing needs one.
-
-        Keras reduces the first distributed batch across the replicas to learn
-        its shapes, which fails under `MultiWorkerMirroredStrategy` (a
-        collective over a tuple of per-replica values). This model's layers
-        are built when it is made, and it compiles no loss or metrics objects,
-        so only the optimizer may remain to build.
-        """
-        needs_data = (not all(layer.built for layer in self._flatten_layers())
-                      or (self._compile_metrics is not None and not self._compile_metrics.built)
-                      or (self._compile_loss is not None and not self._compile_loss.built))
-        if needs_data or self._distribute_strategy is None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=())
 
     def fit(self, x=None, *args, **kwargs):
         """Keras `fit`, with the data set checked before training and in-graph check failures
@@ -431,13 +366,7 @@ class DiffusionModel(keras.Model):
                    "vb": self.vb_tracker.result()}
         if self.bpd_eval_steps:
             results["bpd"] = self.bpd_tracker.result()
-        strategy = self.distribute_strategy
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-                strategy.extended._in_multi_worker_mode():
-            # Keras averages a cluster's logs with a reduction over axis 0, which a scalar lacks;
-            # the metrics already hold the global values (their variables are synchronised).
-            results = {name: value[None] for name, value in results.items()}
-        return results
+        return self._reducible_logs(results)
 
     def set_bpd_evaluation(self, num_eval_steps: int) -> None:
         """Makes `evaluate` also report the bound `bpd` (bits/dim, EMA weights).
@@ -488,116 +417,3 @@ class DiffusionModel(keras.Model):
             assign_all()
 
     # ---------------------------------------------------------------- sampling
-    def _check_labels(self, num_images, labels):
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("`labels` were given but the network is unconditional (num_classes=None).")
-            return None
-        if labels is None:
-            return np.arange(num_images, dtype=np.int32) % self.num_classes
-        if isinstance(labels, (bool, float)) or (isinstance(labels, (list, tuple)) and any(
-                not validation.is_int(v) for v in labels)):
-            raise TypeError(f"`labels` must be integers in [0, {self.num_classes}). Received: labels={labels!r}")
-        labels = np.asarray(labels)
-        if labels.ndim == 0:
-            labels = np.full([num_images], labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"`labels` must be integers in [0, {self.num_classes}). Received dtype {labels.dtype}")
-        if labels.shape != (num_images,):
-            raise ValueError(f"`labels` must be {num_images} integers (one per image). "
-                             f"Received an array of shape {labels.shape}")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"`labels` must be in [0, {self.num_classes}). Received values from "
-                             f"{labels.min()} to {labels.max()}")
-        return labels.astype(np.int32)
-
-    def image_sampler(self, sampler: str = "ddim", spacing: Optional[str] = None, clip_denoised: bool = True,
-                      jit_compile: bool = False, threshold: Optional[float] = None) -> sampling.ImageSampler:
-        """The traced sampling function of `generate` (and the SavedModel export), cached.
-
-        `threshold`: dynamic-thresholding percentile in (0, 1], or None (see `generate`).
-        """
-        spacing = self.spacing if spacing is None else spacing
-        threshold = samplers.check_threshold(threshold)
-        key = (sampler, spacing, clip_denoised, jit_compile, threshold)
-        if key not in self._image_samplers:
-            self._image_samplers[key] = sampling.ImageSampler(
-                self.ema_network, self.diffusion, self.image_shape, sampler, num_classes=self.num_classes,
-                null_label=self.null_label, spacing=spacing, clip_denoised=clip_denoised,
-                jit_compile=jit_compile, threshold=threshold)
-        return self._image_samplers[key]
-
-    def generate(self, num_images: int, sampler: str = "ddim", num_steps: int = 50, seed: Optional[int] = None,
-                 labels: Any = None, guidance_scale: float = 1.0, eta: Optional[float] = None,
-                 clip_denoised: Optional[bool] = None, spacing: Optional[str] = None,
-                 batch_size: Optional[int] = None,
-                 jit_compile: Optional[bool] = None,
-                 progress: Optional[Callable[[int, int], None]] = None,
-                 threshold: Optional[float] = None,
-                 options: Optional[Mapping[str, float]] = None) -> np.ndarray:
-        """Samples images with the EMA weights.
-
-        Args:
-            num_images: how many images.
-            sampler: a registered sampler (`tfdiffusion.samplers.sampler_names()`:
-                "ddpm" ancestral, "ddim", "dpmpp_2m", "dpmpp_3m",
-                "dpmpp_2m_sde", "euler", "heun", "euler_ancestral").
-            num_steps: sampling steps in [1, T], spread by `spacing`.
-            seed: int; the same seed gives the same images. None: random.
-            labels: ints `[num_images]` (or one int) for a conditional
-                network; None cycles through the classes 0, 1, ...
-            guidance_scale: classifier-free guidance scale s (1: none);
-                conditional networks only.
-            eta: the noise of "ddim" (default 0), "euler_ancestral" and
-                "dpmpp_2m_sde" (default 1) (None: the sampler's default);
-                only for samplers that take it.
-            clip_denoised: clip predicted x_0 to [-1, 1] at each step (None:
-                the model's `clip_denoised`).
-            spacing: "leading", "trailing" or "linspace", or "karras" for the
-                DPM-Solver++ and EDM samplers (None: the model's `spacing`).
-            batch_size: images per network batch (default: all at once).
-            jit_compile: compile the sampling loop with XLA (per replica
-                under a multi-replica strategy); None: yes. (XLA draws other
-                random numbers than the CPU kernels for the same seed.)
-            progress: optional `progress(done, total)` called after each batch.
-            threshold: dynamic thresholding (Saharia et al. 2022) of each
-                predicted x_0 at this percentile in (0, 1] (0.995 in the
-                paper), instead of plain clipping; None: off.
-            options: further run-time options of the sampler by name, e.g.
-                `{"churn": 10.0}` for "heun" (`samplers.get_sampler(name).options`).
-
-        Returns:
-            uint8 numpy array `[num_images, H, W, C]`.
-        """
-        num_images = validation.check_int("num_images", num_images)
-        seed = tfd_random.check_seed(seed)
-        guidance_scale = validation.check_number("guidance_scale", guidance_scale)
-        clip_denoised = self.clip_denoised if clip_denoised is None else validation.check_bool(
-            "clip_denoised", clip_denoised)
-        batch_size = validation.check_int("batch_size", num_images if batch_size is None else batch_size)
-        jit_compile = True if jit_compile is None else validation.check_bool("jit_compile", jit_compile)
-        strategy = self.distribute_strategy
-        if self.num_classes is None and guidance_scale != 1.0:
-            raise ValueError("`guidance_scale` needs a class-conditional network; this one is "
-                             f"unconditional. Received: guidance_scale={guidance_scale}")
-        sampling.check_sampling_memory(self.ema_network, self.image_shape, num_images, batch_size,
-                                       guided=self.num_classes is not None and guidance_scale != 1.0)
-        labels = self._check_labels(num_images, labels)
-        image_sampler = self.image_sampler(sampler, spacing, clip_denoised, jit_compile, threshold)
-        num_steps = image_sampler.sampler.check_num_steps(num_steps)
-        options = image_sampler.sampler.check_options(_merge_eta(eta, options))
-        if guidance_scale != 1.0 and self.label_dropout == 0.0:
-            warnings.warn(f"Sampling with guidance_scale={guidance_scale:g} from a model trained with "
-                          "label_dropout=0: its null-label embedding never trained, so the guidance "
-                          "direction is arbitrary.", stacklevel=2)
-        base_seed = tfd_random.seed_pair(seed)
-        outputs = []
-        for start in range(0, num_images, batch_size):
-            count = min(batch_size, num_images - start)
-            noise, batch_seed = sampling.initial_noise(base_seed, start, (count,) + self.image_shape)
-            outputs.append(image_sampler(noise, batch_seed, num_steps,
-                                         None if labels is None else labels[start:start + count],
-                                         guidance_scale, options, strategy=strategy).numpy())
-            if progress is not None:
-                progress(start + count, num_images)
-        return np.concatenate(outputs, axis=0)

@@ -20,6 +20,7 @@ from tfdiffusion import validation
 from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
+from tfdiffusion.generation import merge_eta
 from tfdiffusion.loading import load_model
 from tfdiffusion.serving import generate_inputs
 
@@ -94,13 +95,7 @@ class ServedModel:
     def _options(sampler: str, defaults: Mapping[str, float], eta: Optional[float],
                  options: Optional[Mapping[str, float]]) -> Dict[str, float]:
         """The signature's option values: `options` (and the `eta` shortcut) over the sampler's defaults."""
-        if options is not None and not isinstance(options, Mapping):
-            raise TypeError(f"`options` must be a dict of run-time sampler options. Received: options={options!r}")
-        given = dict(options or {})
-        if eta is not None:
-            if "eta" in given:
-                raise ValueError(f"`eta` is given twice: eta={eta!r} and options['eta']={given['eta']!r}")
-            given["eta"] = eta
+        given = merge_eta(eta, options)
         unknown = sorted(set(given) - set(defaults))
         if unknown:
             takes = f"takes {sorted(defaults)}" if defaults else "takes no options"

@@ -1,0 +1,148 @@
+"""`ImageGeneration`: the `DiffusionModel` mix-in that samples images (`generate`, `image_sampler`).
+
+It needs the model's `ema_network`, `diffusion`, `image_shape`,
+`num_classes`, `null_label`, `label_dropout`, `spacing`, `clip_denoised`
+and an `_image_samplers` dict set in its `__init__`.
+"""
+
+import warnings
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import numpy as np
+
+from tfdiffusion import random as tfd_random
+from tfdiffusion import samplers
+from tfdiffusion import sampling
+from tfdiffusion import validation
+
+__all__ = ["ImageGeneration", "merge_eta"]
+
+
+def merge_eta(eta: Optional[float], options: Optional[Mapping[str, float]]) -> Dict[str, Any]:
+    """`generate`'s `eta` shortcut and its `options` as one dict of run-time options."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"`options` must be a dict of run-time sampler options. Received: options={options!r}")
+    merged = dict(options or {})
+    if eta is not None:
+        if "eta" in merged:
+            raise ValueError(f"`eta` is given twice: eta={eta!r} and options['eta']={merged['eta']!r}")
+        merged["eta"] = eta
+    return merged
+
+
+class ImageGeneration:
+    """Mix-in for `DiffusionModel`: in-graph sampling of uint8 images with any registered sampler."""
+
+    def _check_labels(self, num_images, labels):
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("`labels` were given but the network is unconditional (num_classes=None).")
+            return None
+        if labels is None:
+            return np.arange(num_images, dtype=np.int32) % self.num_classes
+        if isinstance(labels, (bool, float)) or (isinstance(labels, (list, tuple)) and any(
+                not validation.is_int(v) for v in labels)):
+            raise TypeError(f"`labels` must be integers in [0, {self.num_classes}). Received: labels={labels!r}")
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = np.full([num_images], labels)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"`labels` must be integers in [0, {self.num_classes}). Received dtype {labels.dtype}")
+        if labels.shape != (num_images,):
+            raise ValueError(f"`labels` must be {num_images} integers (one per image). "
+                             f"Received an array of shape {labels.shape}")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"`labels` must be in [0, {self.num_classes}). Received values from "
+                             f"{labels.min()} to {labels.max()}")
+        return labels.astype(np.int32)
+
+    def image_sampler(self, sampler: str = "ddim", spacing: Optional[str] = None, clip_denoised: bool = True,
+                      jit_compile: bool = False, threshold: Optional[float] = None) -> sampling.ImageSampler:
+        """The traced sampling function of `generate` (and the SavedModel export), cached.
+
+        `threshold`: dynamic-thresholding percentile in (0, 1], or None (see `generate`).
+        """
+        spacing = self.spacing if spacing is None else spacing
+        threshold = samplers.check_threshold(threshold)
+        key = (sampler, spacing, clip_denoised, jit_compile, threshold)
+        if key not in self._image_samplers:
+            self._image_samplers[key] = sampling.ImageSampler(
+                self.ema_network, self.diffusion, self.image_shape, sampler, num_classes=self.num_classes,
+                null_label=self.null_label, spacing=spacing, clip_denoised=clip_denoised,
+                jit_compile=jit_compile, threshold=threshold)
+        return self._image_samplers[key]
+
+    def generate(self, num_images: int, sampler: str = "ddim", num_steps: int = 50, seed: Optional[int] = None,
+                 labels: Any = None, guidance_scale: float = 1.0, eta: Optional[float] = None,
+                 clip_denoised: Optional[bool] = None, spacing: Optional[str] = None,
+                 batch_size: Optional[int] = None,
+                 jit_compile: Optional[bool] = None,
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 threshold: Optional[float] = None,
+                 options: Optional[Mapping[str, float]] = None) -> np.ndarray:
+        """Samples images with the EMA weights.
+
+        Args:
+            num_images: how many images.
+            sampler: a registered sampler (`tfdiffusion.samplers.sampler_names()`:
+                "ddpm" ancestral, "ddim", "dpmpp_2m", "dpmpp_3m",
+                "dpmpp_2m_sde", "euler", "heun", "euler_ancestral").
+            num_steps: sampling steps in [1, T], spread by `spacing`.
+            seed: int; the same seed gives the same images. None: random.
+            labels: ints `[num_images]` (or one int) for a conditional
+                network; None cycles through the classes 0, 1, ...
+            guidance_scale: classifier-free guidance scale s (1: none);
+                conditional networks only.
+            eta: the noise of "ddim" (default 0), "euler_ancestral" and
+                "dpmpp_2m_sde" (default 1) (None: the sampler's default);
+                only for samplers that take it.
+            clip_denoised: clip predicted x_0 to [-1, 1] at each step (None:
+                the model's `clip_denoised`).
+            spacing: "leading", "trailing" or "linspace", or "karras" for the
+                DPM-Solver++ and EDM samplers (None: the model's `spacing`).
+            batch_size: images per network batch (default: all at once).
+            jit_compile: compile the sampling loop with XLA (per replica
+                under a multi-replica strategy); None: yes. (XLA draws other
+                random numbers than the CPU kernels for the same seed.)
+            progress: optional `progress(done, total)` called after each batch.
+            threshold: dynamic thresholding (Saharia et al. 2022) of each
+                predicted x_0 at this percentile in (0, 1] (0.995 in the
+                paper), instead of plain clipping; None: off.
+            options: further run-time options of the sampler by name, e.g.
+                `{"churn": 10.0}` for "heun" (`samplers.get_sampler(name).options`).
+
+        Returns:
+            uint8 numpy array `[num_images, H, W, C]`.
+        """
+        num_images = validation.check_int("num_images", num_images)
+        seed = tfd_random.check_seed(seed)
+        guidance_scale = validation.check_number("guidance_scale", guidance_scale)
+        clip_denoised = self.clip_denoised if clip_denoised is None else validation.check_bool(
+            "clip_denoised", clip_denoised)
+        batch_size = validation.check_int("batch_size", num_images if batch_size is None else batch_size)
+        jit_compile = True if jit_compile is None else validation.check_bool("jit_compile", jit_compile)
+        strategy = self.distribute_strategy
+        if self.num_classes is None and guidance_scale != 1.0:
+            raise ValueError("`guidance_scale` needs a class-conditional network; this one is "
+                             f"unconditional. Received: guidance_scale={guidance_scale}")
+        sampling.check_sampling_memory(self.ema_network, self.image_shape, num_images, batch_size,
+                                       guided=self.num_classes is not None and guidance_scale != 1.0)
+        labels = self._check_labels(num_images, labels)
+        image_sampler = self.image_sampler(sampler, spacing, clip_denoised, jit_compile, threshold)
+        num_steps = image_sampler.sampler.check_num_steps(num_steps)
+        options = image_sampler.sampler.check_options(merge_eta(eta, options))
+        if guidance_scale != 1.0 and self.label_dropout == 0.0:
+            warnings.warn(f"Sampling with guidance_scale={guidance_scale:g} from a model trained with "
+                          "label_dropout=0: its null-label embedding never trained, so the guidance "
+                          "direction is arbitrary.", stacklevel=2)
+        base_seed = tfd_random.seed_pair(seed)
+        outputs = []
+        for start in range(0, num_images, batch_size):
+            count = min(batch_size, num_images - start)
+            noise, batch_seed = sampling.initial_noise(base_seed, start, (count,) + self.image_shape)
+            outputs.append(image_sampler(noise, batch_seed, num_steps,
+                                         None if labels is None else labels[start:start + count],
+                                         guidance_scale, options, strategy=strategy).numpy())
+            if progress is not None:
+                progress(start + count, num_images)
+        return np.concatenate(outputs, axis=0)
