@@ -1,27 +1,31 @@
-"""`GaussianDiffusion`: forward process, posterior, the model's predictions for any parameterisation, losses."""
+"""`GaussianDiffusion`: the diffusion process, its schedule tables, forward process and posterior.
 
-from typing import Any, Callable, Dict, Optional, Tuple
+The class checks its arguments, computes the schedule values in float64
+(`extract` gathers them at timesteps), respaces itself and holds q(x_t | x_0)
+and q(x_{t-1} | x_t, x_0). Its other parts are mix-ins: the model's
+predictions and p(x_{t-1} | x_t) (`diffusion_reverse.ReverseProcess`), the
+bound and training losses (`diffusion_losses.DiffusionLosses`) and the
+sampling loops (`diffusion_sampling.DiffusionSampling`).
+"""
+
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfdiffusion import bounds
 from tfdiffusion import random as tfd_random
-from tfdiffusion import samplers
 from tfdiffusion import schedules
 from tfdiffusion import validation
+from tfdiffusion.diffusion_losses import DiffusionLosses
+from tfdiffusion.diffusion_losses import HYBRID_VLB_WEIGHT  # noqa: F401  (importable from here as before)
+from tfdiffusion.diffusion_reverse import ReverseProcess
+from tfdiffusion.diffusion_sampling import DiffusionSampling
 
 __all__ = ["GaussianDiffusion", "MEAN_TYPES", "VAR_TYPES", "LOSS_TYPES"]
 
 MEAN_TYPES = ("epsilon", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
 LOSS_TYPES = ("mse", "kl", "hybrid")
-
-# Improved DDPM's weight of the bound in the hybrid loss: L_simple + 0.001 * L_vlb.
-HYBRID_VLB_WEIGHT = 0.001
-
-# Schedule values the conversions between eps, x0 and v use.
-_CONVERSION_COEFFICIENTS = ("sqrt_abar", "sqrt_one_minus_abar", "sqrt_recip_abar", "sqrt_recipm1_abar")
 
 
 def posterior_coefficients(alphas_cumprod, alphas_cumprod_prev):
@@ -48,7 +52,7 @@ def _constant(values):
     return tf.constant(np.asarray(values, dtype=np.float64).astype(np.float32))
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(ReverseProcess, DiffusionLosses, DiffusionSampling):
     """Gaussian diffusion process of DDPM and its learned reverse process.
 
     `model_fn` arguments are any callable `model_fn(x_t, t, **model_kwargs)`
@@ -263,45 +267,6 @@ class GaussianDiffusion:
     def _check_t(self, t, x):
         return validation.check_timesteps(t, self.num_timesteps, batch=x.shape[0], validate=self.validate_args)
 
-    # ------------------------------------------- conversions between targets
-    def _coefficients(self, t: tf.Tensor, like: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """The schedule values the conversions need, at table timesteps `t` `[B]`."""
-        return {name: self.extract(name, t, like) for name in _CONVERSION_COEFFICIENTS}
-
-    @staticmethod
-    def _coefficients_at(alphas_cumprod: Any, like: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """The same values at any alpha_bar (a scalar or `[B]`), computed in float64, cast once."""
-        abar = tf.cast(alphas_cumprod, tf.float64)
-        if abar.shape.rank:
-            abar = tf.reshape(abar, [-1] + [1] * (like.shape.rank - 1))
-        values = dict(sqrt_abar=tf.sqrt(abar), sqrt_one_minus_abar=tf.sqrt(1.0 - abar),
-                      sqrt_recip_abar=1.0 / tf.sqrt(abar), sqrt_recipm1_abar=tf.sqrt(1.0 / abar - 1.0))
-        return {name: tf.cast(value, tf.float32) for name, value in values.items()}
-
-    @staticmethod
-    def _xstart_from_eps(x_t, eps, coef):
-        return coef["sqrt_recip_abar"] * x_t - coef["sqrt_recipm1_abar"] * eps
-
-    @staticmethod
-    def _eps_from_xstart(x_t, pred_xstart, coef):
-        return (x_t - coef["sqrt_abar"] * pred_xstart) / coef["sqrt_one_minus_abar"]
-
-    @staticmethod
-    def _xstart_from_v(x_t, v, coef):
-        return coef["sqrt_abar"] * x_t - coef["sqrt_one_minus_abar"] * v
-
-    def predict_xstart_from_eps(self, x_t: tf.Tensor, t: tf.Tensor, eps: tf.Tensor) -> tf.Tensor:
-        """x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) (DDPM Eq. 4 solved for x_0)."""
-        return self._xstart_from_eps(x_t, eps, self._coefficients(t, x_t))
-
-    def predict_eps_from_xstart(self, x_t: tf.Tensor, t: tf.Tensor, pred_xstart: tf.Tensor) -> tf.Tensor:
-        """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar); finite also where abar = 0."""
-        return self._eps_from_xstart(x_t, pred_xstart, self._coefficients(t, x_t))
-
-    def predict_xstart_from_v(self, x_t: tf.Tensor, t: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
-        """x_0 = sqrt(abar) x_t - sqrt(1 - abar) v (Salimans & Ho 2022, Eq. 9 solved for x_0)."""
-        return self._xstart_from_v(x_t, v, self._coefficients(t, x_t))
-
     # ---------------------------------------------------------- forward process
     def q_mean_variance(self, x_start: Any, t: Any) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0) (DDPM Eq. 4)."""
@@ -353,283 +318,7 @@ class GaussianDiffusion:
         log_variance = self.extract("posterior_log_variance", t, x_t) * tf.ones_like(x_t)
         return mean, variance, log_variance
 
-    # ---------------------------------------------------------- reverse process
-    def _call_model(self, model_fn, x_t, t, model_kwargs):
-        output = tf.cast(model_fn(x_t, self.model_timesteps(t), **(model_kwargs or {})), tf.float32)
-        channels = x_t.shape[-1]
-        expected = channels * (2 if self.learn_sigma else 1)
-        if output.shape[-1] is not None and channels is not None and output.shape[-1] != expected:
-            raise ValueError(f"model_fn must return {expected} channels for model_var_type="
-                             f"{self.model_var_type!r} on inputs with {channels} channels. "
-                             f"Received an output of shape {output.shape}")
-        return output
-
-    def predictions_from_output(self, output: tf.Tensor, x_t: tf.Tensor, t: tf.Tensor,
-                                clip_denoised: bool = True,
-                                denoised_fn: Optional[Callable] = None) -> Dict[str, Any]:
-        """x_0 and epsilon implied by a model output at `(x_t, t)`, whatever `model_mean_type`.
-
-        Returns:
-            dict with `model_output` (the mean channels), `var_values` (the
-            variance channels, or None), `pred_xstart` (after `denoised_fn`,
-            then clipped to [-1, 1] when `clip_denoised`) and `pred_eps` (the
-            epsilon re-derived from that x_0, as improved-diffusion does).
-        """
-        return self._predictions(output, x_t, self._coefficients(t, x_t), clip_denoised, denoised_fn)
-
-    def _predictions(self, output, x_t, coef, clip_denoised, denoised_fn):
-        var_values = None
-        if self.learn_sigma:
-            output, var_values = tf.split(output, 2, axis=-1)
-        if self.model_mean_type == "epsilon":
-            pred_xstart = self._xstart_from_eps(x_t, output, coef)
-        elif self.model_mean_type == "v":
-            pred_xstart = self._xstart_from_v(x_t, output, coef)
-        else:
-            pred_xstart = output
-        if denoised_fn is not None:
-            pred_xstart = denoised_fn(pred_xstart)
-        if clip_denoised:
-            pred_xstart = tf.clip_by_value(pred_xstart, -1.0, 1.0)
-        if self.model_mean_type == "epsilon" and not clip_denoised and denoised_fn is None:
-            pred_eps = output
-        else:
-            pred_eps = self._eps_from_xstart(x_t, pred_xstart, coef)
-        return dict(model_output=output, var_values=var_values, pred_xstart=pred_xstart, pred_eps=pred_eps)
-
-    def model_predictions(self, model_fn: Callable, x_t: tf.Tensor, t: tf.Tensor, clip_denoised: bool = True,
-                          denoised_fn: Optional[Callable] = None,
-                          model_kwargs: Optional[dict] = None) -> Dict[str, Any]:
-        """Calls the model once at `(x_t, t)`; see `predictions_from_output` for the dict."""
-        x_t = tf.convert_to_tensor(x_t, tf.float32)
-        t = self._check_t(t, x_t)
-        output = self._call_model(model_fn, x_t, t, model_kwargs)
-        return self.predictions_from_output(output, x_t, t, clip_denoised, denoised_fn)
-
-    def model_predictions_at(self, model_fn: Callable, x_t: tf.Tensor, t: tf.Tensor, alphas_cumprod: Any,
-                             clip_denoised: bool = True, denoised_fn: Optional[Callable] = None,
-                             model_kwargs: Optional[dict] = None) -> Dict[str, Any]:
-        """Calls the model once at a noise level given by its alpha_bar, on or between the table's steps.
-
-        For solvers that visit noise levels between the trained timesteps
-        (Karras sigmas, stochastic churn): the model gets the (fractional)
-        timestep `t` (`samplers.levels.timestep_from_sigma`), mapped by `model_timesteps`;
-        its output is converted with `alphas_cumprod` itself, not with a table
-        value. On the table (integer `t`, its alpha_bar) this equals
-        `model_predictions` up to float32 rounding of the coefficients.
-
-        Args:
-            model_fn: `model_fn(x_t, t, **model_kwargs)`; `t` float32 here
-                when given as floats (the tfdiffusion `UNet` accepts them).
-            x_t: float32 `[B, ...]`.
-            t: `[B]` timesteps in [0, T - 1], integer or float.
-            alphas_cumprod: alpha_bar of the level, a float scalar or `[B]`,
-                in [0, 1) (0 only for "x0" and "v" prediction).
-            clip_denoised, denoised_fn, model_kwargs: as in `model_predictions`.
-
-        Returns:
-            The dict of `predictions_from_output`.
-        """
-        x_t = tf.convert_to_tensor(x_t, tf.float32)
-        t = tf.convert_to_tensor(t)
-        if t.dtype.is_integer:
-            t = self._check_t(t, x_t)
-        elif t.shape.rank != 1 or (t.shape[0] is not None and x_t.shape[0] is not None
-                                   and t.shape[0] != x_t.shape[0]):
-            raise ValueError(f"`t` must be a vector of timesteps, one per example ({x_t.shape[0]}). "
-                             f"Received shape {t.shape}")
-        output = self._call_model(model_fn, x_t, t, model_kwargs)
-        return self._predictions(output, x_t, self._coefficients_at(alphas_cumprod, x_t), clip_denoised,
-                                 denoised_fn)
-
-    def reverse_log_variance(self, log_small: tf.Tensor, log_beta: tf.Tensor, log_large: tf.Tensor,
-                             var_values: Optional[tf.Tensor], like: tf.Tensor) -> tf.Tensor:
-        """log-variance of p(x_{t-1} | x_t) for `model_var_type`, shaped like `like`.
-
-        Args:
-            log_small: log beta-tilde_t, clipped at the first step (fixed_small).
-            log_beta: log beta_t (the upper end of learned_range).
-            log_large: log beta_t with the first step's replaced by beta-tilde_1 (fixed_large).
-            var_values: the model's variance channels in [-1, 1] (learned_range).
-            like: a tensor of the sample's shape.
-        """
-        cast = lambda v: tf.cast(v, tf.float32)  # noqa: E731
-        if self.learn_sigma:
-            # Improved DDPM Eq. 15: v in [-1, 1] interpolates log beta-tilde .. log beta.
-            frac = (var_values + 1.0) / 2.0
-            return frac * cast(log_beta) + (1.0 - frac) * cast(log_small)
-        chosen = log_small if self.model_var_type == "fixed_small" else log_large
-        return cast(chosen) * tf.ones_like(like)
-
     @staticmethod
     def posterior_coefficients(alphas_cumprod, alphas_cumprod_prev):
         """See the module function `posterior_coefficients` (DDPM Eq. 6-7)."""
         return posterior_coefficients(alphas_cumprod, alphas_cumprod_prev)
-
-    def _mean_variance_from_output(self, output, x_t, t, clip_denoised):
-        """p(x_{t-1} | x_t) from a model output; see `p_mean_variance`."""
-        out = self.predictions_from_output(output, x_t, t, clip_denoised)
-        log_variance = self.reverse_log_variance(
-            self.extract("posterior_log_variance", t, x_t), self.extract("log_betas", t, x_t),
-            self.extract("fixed_large_log_variance", t, x_t), out["var_values"], x_t)
-        mean = (self.extract("posterior_mean_coef1", t, x_t) * out["pred_xstart"]
-                + self.extract("posterior_mean_coef2", t, x_t) * x_t)
-        return dict(mean=mean, variance=tf.exp(log_variance), log_variance=log_variance,
-                    pred_xstart=out["pred_xstart"])
-
-    def p_mean_variance(self, model_fn: Callable, x_t: Any, t: Any, clip_denoised: bool = True,
-                        model_kwargs: Optional[dict] = None) -> Dict[str, tf.Tensor]:
-        """Mean and variance of the model's p(x_{t-1} | x_t).
-
-        The mean is the posterior mean at the predicted x_0 (clipped to
-        [-1, 1] when `clip_denoised`), as in improved-diffusion.
-
-        Args:
-            model_fn: `model_fn(x_t, t, **model_kwargs)`.
-            x_t: float32 `[B, ...]`.
-            t: int `[B]` in [0, T).
-            clip_denoised: clip the predicted x_0 to [-1, 1].
-            model_kwargs: extra keyword arguments for `model_fn` (e.g. `y`).
-
-        Returns:
-            dict with `mean`, `variance`, `log_variance`, `pred_xstart`, each
-            float32 shaped like `x_t`.
-        """
-        x_t = tf.convert_to_tensor(x_t, tf.float32)
-        t = self._check_t(t, x_t)
-        output = self._call_model(model_fn, x_t, t, model_kwargs)
-        return self._mean_variance_from_output(output, x_t, t, clip_denoised)
-
-    # -------------------------------------------------------------- the bound
-    def vb_terms_bpd(self, x_start: tf.Tensor, x_t: tf.Tensor, t: tf.Tensor,
-                     prediction: Dict[str, tf.Tensor]) -> tf.Tensor:
-        """L_t of the bound at `t` in bits/dim `[B]`: KL for t > 0, decoder NLL at t = 0."""
-        true_mean, _, true_log_variance = self._q_posterior_mean_variance(x_start, x_t, t)
-        kl = bounds.normal_kl(true_mean, true_log_variance, prediction["mean"], prediction["log_variance"])
-        kl = bounds.nats_to_bits(bounds.mean_over_pixels(kl))
-        decoder_ll = bounds.discretized_gaussian_log_likelihood(
-            x_start, prediction["mean"], 0.5 * prediction["log_variance"])
-        decoder_nll = -bounds.nats_to_bits(bounds.mean_over_pixels(decoder_ll))
-        return tf.where(tf.equal(t, 0), decoder_nll, kl)
-
-    def prior_bpd(self, x_start: Any) -> tf.Tensor:
-        """KL(q(x_T | x_0) || N(0, I)) in bits/dim `[B]`; near zero for a good schedule."""
-        x_start = validation.check_images(x_start, "x_start", self.validate_args)
-        t = tf.fill(tf.shape(x_start)[:1], self.num_timesteps - 1)
-        mean = self.extract("sqrt_abar", t, x_start) * x_start
-        log_variance = self.extract("log_one_minus_abar", t, x_start)
-        kl = bounds.normal_kl(mean, log_variance, tf.zeros_like(mean), tf.zeros_like(mean))
-        return bounds.nats_to_bits(bounds.mean_over_pixels(kl))
-
-    def _target(self, x_start, x_t, t, noise):
-        if self.model_mean_type == "epsilon":
-            return noise
-        if self.model_mean_type == "x0":
-            return x_start
-        return self.extract("sqrt_abar", t, x_t) * noise - self.extract("sqrt_one_minus_abar", t, x_t) * x_start
-
-    def training_losses(self, model_fn: Callable, x_start: Any, t: Any, noise: Any = None,
-                        model_kwargs: Optional[dict] = None, seed: Any = None) -> Dict[str, tf.Tensor]:
-        """Per-example training losses at timesteps `t`.
-
-        Args:
-            model_fn: `model_fn(x_t, t, **model_kwargs)`.
-            x_start: float32 `[B, ...]` in [-1, 1] (on the 8-bit grid for
-                the t = 0 decoder term of the bound to be a likelihood).
-            t: int `[B]` in [0, T).
-            noise: optional standard normal noise shaped like `x_start`.
-            model_kwargs: extra keyword arguments for `model_fn`.
-            seed: int or `[2]` int tensor for `noise` when not given.
-
-        Returns:
-            dict of float32 `[B]`: `loss` (what to minimise), `mse` (the mean
-            squared error of the mean prediction against its target, before
-            any `min_snr_gamma` weighting) and
-            `vb` (L_t in bits/dim, with the mean stop-gradiented for "hybrid").
-        """
-        x_start = validation.check_images(x_start, "x_start", self.validate_args)
-        t = self._check_t(t, x_start)
-        if noise is None:
-            noise = tfd_random.random_normal(tf.shape(x_start), tfd_random.seed_pair(seed))
-        noise = tf.convert_to_tensor(noise, tf.float32)
-        x_t = self._q_sample(x_start, t, noise=noise)
-        output = self._call_model(model_fn, x_t, t, model_kwargs)
-        mean_output = tf.split(output, 2, axis=-1)[0] if self.learn_sigma else output
-        mse = bounds.mean_over_pixels(tf.square(self._target(x_start, x_t, t, noise) - mean_output))
-        if self.loss_type == "hybrid":
-            # The bound term trains only the variance (Improved DDPM Sec. 3.1).
-            _, var_values = tf.split(output, 2, axis=-1)
-            output = tf.concat([tf.stop_gradient(mean_output), var_values], axis=-1)
-        prediction = self._mean_variance_from_output(output, x_t, t, clip_denoised=False)
-        vb = self.vb_terms_bpd(x_start, x_t, t, prediction)
-        weighted_mse = mse if self.min_snr_gamma is None else mse * tf.gather(self._tf["mse_weight"], t)
-        if self.loss_type == "mse":
-            loss = weighted_mse
-        elif self.loss_type == "kl":
-            loss = vb * self.num_timesteps
-        else:
-            # L_simple + 0.001 * L_vlb with L_vlb estimated as T * L_t.
-            loss = weighted_mse + vb * (self.num_timesteps * HYBRID_VLB_WEIGHT)
-        return dict(loss=loss, mse=mse, vb=vb)
-
-    def bpd_timesteps(self, num_eval_steps: Optional[int] = None, seed: Any = None):
-        """Timesteps and weights of the bound's terms; see `bounds.bpd_timesteps`."""
-        return bounds.bpd_timesteps(self.num_timesteps, num_eval_steps, seed)
-
-    def calc_bpd_loop(self, model_fn: Callable, x_start: Any, clip_denoised: bool = True,
-                      model_kwargs: Optional[dict] = None, seed: Any = None,
-                      num_eval_steps: Optional[int] = None, batch_offset=None) -> Dict[str, tf.Tensor]:
-        """The variational bound on -log p(x_0) in bits/dim, term by term; see `bounds.calc_bpd_loop`."""
-        return bounds.calc_bpd_loop(self, model_fn, x_start, clip_denoised=clip_denoised,
-                                    model_kwargs=model_kwargs, seed=seed, num_eval_steps=num_eval_steps,
-                                    batch_offset=batch_offset)
-
-    # ---------------------------------------------------------------- sampling
-    def _sample_loop(self, name, model_fn, shape, num_steps, noise, seed, clip_denoised, model_kwargs,
-                     spacing="leading", **options):
-        base_seed = tfd_random.seed_pair(seed)
-        if noise is None:
-            noise = tfd_random.random_normal(shape, tfd_random.fold_in(base_seed, -1))
-        noise = tf.convert_to_tensor(noise, tf.float32)
-        if not noise.shape.is_compatible_with(tf.TensorShape(shape)):
-            raise ValueError(f"`noise` must have the sample shape {list(shape)}. Received {noise.shape}")
-        sampler = samplers.get_sampler(name)(self, spacing=spacing, clip_denoised=clip_denoised)
-        return sampler.sample(model_fn, noise, num_steps, base_seed, model_kwargs, **options)
-
-    def p_sample_loop(self, model_fn: Callable, shape: Any, noise: Any = None, seed: Any = None,
-                      clip_denoised: bool = True, model_kwargs: Optional[dict] = None) -> tf.Tensor:
-        """Ancestral (DDPM) sampling over all of this process's steps.
-
-        For fewer steps, sample from `self.respace(num_steps)` (or use the
-        "ddpm" sampler of `tfdiffusion.samplers` with `num_steps`).
-
-        Args:
-            model_fn: `model_fn(x_t, t, **model_kwargs)`.
-            shape: `[B, ...]` of the samples.
-            noise: optional x_T, standard normal of `shape`.
-            seed: int or `[2]` int tensor; the same seed gives the same samples.
-            clip_denoised: clip predicted x_0 to [-1, 1].
-            model_kwargs: extra keyword arguments for `model_fn`.
-
-        Returns:
-            float32 samples of `shape` (x_0, roughly in [-1, 1]).
-        """
-        return self._sample_loop("ddpm", model_fn, shape, self.num_timesteps, noise, seed, clip_denoised,
-                                 model_kwargs)
-
-    def ddim_sample_loop(self, model_fn: Callable, shape: Any, num_steps: int = 50, eta: float = 0.0,
-                         noise: Any = None, seed: Any = None, clip_denoised: bool = True,
-                         model_kwargs: Optional[dict] = None, spacing: str = "leading") -> tf.Tensor:
-        """DDIM sampling over `num_steps` evenly spaced steps (Song et al. 2021, Eq. 12).
-
-        Args:
-            num_steps: steps in [1, T].
-            eta: 0 for deterministic DDIM, 1 for DDPM-like noise.
-            spacing: "leading" (default), "trailing" or "linspace".
-            Others as in `p_sample_loop`.
-
-        Returns:
-            float32 samples of `shape`.
-        """
-        return self._sample_loop("ddim", model_fn, shape, num_steps, noise, seed, clip_denoised,
-                                 model_kwargs, spacing=spacing, eta=eta)
