@@ -1,11 +1,14 @@
-"""`UNet`: the DDPM/ADM noise-prediction network as a Keras model."""
+"""`UNet`: the DDPM/ADM noise-prediction network as a Keras model.
+
+Its argument checks are in `unet_checks`, its memory estimate in
+`unet_memory`; its layers in the other modules of `tfdiffusion.nn`.
+"""
 
 import keras
 from keras import ops
 
 from tfdiffusion.nn.attention import AttentionBlock
 from tfdiffusion.nn.embeddings import TimestepEmbedding
-from tfdiffusion.nn.normalization import check_num_groups
 from tfdiffusion.nn.normalization import GROUP_NORM_EPSILON
 from tfdiffusion.nn.normalization import GroupNorm
 from tfdiffusion.nn.res_block import ResBlock
@@ -13,25 +16,19 @@ from tfdiffusion.nn.resample import Downsample
 from tfdiffusion.nn.resample import DOWNSAMPLE_PADDINGS
 from tfdiffusion.nn.resample import Upsample
 from tfdiffusion.nn.unet_checks import check_labels
+from tfdiffusion.nn.unet_checks import check_levels
 from tfdiffusion.nn.unet_checks import check_positive_int
 from tfdiffusion.nn.unet_checks import format_shape
 from tfdiffusion.nn.unet_checks import int_tuple
+from tfdiffusion.nn.unet_memory import InferenceMemory
 from tfdiffusion.validation import check_bool
 from tfdiffusion.validation import check_choice
 from tfdiffusion.validation import check_number
 from tfdiffusion.validation import check_optional_int
 
 
-def _elements(shape):
-    """Values per image of a `(1, H, W, C)` shape."""
-    count = 1
-    for dim in shape[1:]:
-        count *= int(dim)
-    return count
-
-
 @keras.saving.register_keras_serializable(package="tfdiffusion")
-class UNet(keras.Model):
+class UNet(InferenceMemory, keras.Model):
     """The DDPM/ADM UNet: predicts noise (and optionally variances).
 
     Layout (Ho et al. 2020, App. B; Dhariwal & Nichol 2021): a 3x3 input
@@ -174,44 +171,10 @@ class UNet(keras.Model):
             check_positive_int("num_classes", num_classes)
         check_bool("learn_sigma", learn_sigma)
         dropout = check_number("dropout", dropout, 0.0, 1.0, max_inclusive=False)
-        factor = 2 ** (len(channel_mult) - 1)
-        if image_size % factor:
-            raise ValueError(
-                f"`image_size` must be divisible by {factor} "
-                f"(2 ** (len(channel_mult) - 1)) to downsample "
-                f"{len(channel_mult) - 1} times. Received: "
-                f"image_size={image_size}, channel_mult={channel_mult}"
-            )
-        resolutions = tuple(
-            image_size // 2**i for i in range(len(channel_mult))
+        resolutions, level_channels = check_levels(
+            image_size, base_channels, channel_mult, attention_resolutions,
+            num_groups, num_heads, num_head_channels, middle_attention
         )
-        unreached = [r for r in attention_resolutions if r not in resolutions]
-        if unreached:
-            raise ValueError(
-                "`attention_resolutions` must be resolutions the UNet "
-                f"reaches: {resolutions}. Received: "
-                f"attention_resolutions={attention_resolutions}"
-            )
-        level_channels = [base_channels * m for m in channel_mult]
-        for channels in [base_channels] + level_channels:
-            check_num_groups(num_groups, channels)
-        attention_channels = [
-            c for r, c in zip(resolutions, level_channels)
-            if r in attention_resolutions
-        ] + ([level_channels[-1]] if middle_attention else [])
-        for channels in attention_channels:
-            if num_head_channels is not None and channels % num_head_channels:
-                raise ValueError(
-                    "`num_head_channels` must divide the channel count of "
-                    "every attention block. Received: num_head_channels="
-                    f"{num_head_channels}, channels={channels}"
-                )
-            if num_head_channels is None and channels % num_heads:
-                raise ValueError(
-                    "`num_heads` must divide the channel count of every "
-                    f"attention block. Received: num_heads={num_heads}, "
-                    f"channels={channels}"
-                )
 
         self.image_size = image_size
         self.in_channels = in_channels
@@ -370,48 +333,6 @@ class UNet(keras.Model):
                 f"{format_shape((None,) + expected)}, "
                 f"received {format_shape(shape)}"
             )
-
-    def inference_memory_elements(self) -> int:
-        """An estimate of the float values alive at once in one image's forward pass.
-
-        The skip connections kept for the up path, plus the largest layer's
-        temporaries (4 feature maps for a ResBlock; q, k, v, output and the
-        heads x N x N logits and weights for attention). Used to refuse a
-        sampling batch that cannot fit in memory, before any work.
-
-        Returns:
-            Float values per image (multiply by 4 bytes, and the batch).
-        """
-        h, w, c = self.image_size, self.image_size, self.in_channels
-        state = {"skips": 0, "peak": 0}
-
-        def apply(layer, shape, emb_shape):
-            if isinstance(layer, ResBlock):
-                out = tuple(layer.compute_output_shape(shape, emb_shape))
-                temporaries = 4 * _elements(out) + _elements(shape)
-            else:
-                out = tuple(layer.compute_output_shape(shape))
-                temporaries = 2 * _elements(out) + _elements(shape)
-                if isinstance(layer, AttentionBlock):
-                    positions = out[1] * out[2]
-                    temporaries += 4 * _elements(out) + 2 * layer.num_heads * positions * positions
-            state["peak"] = max(state["peak"], state["skips"] + temporaries)
-            return out
-
-        def concat(shape, skip_shape):
-            return shape[:-1] + (shape[-1] + skip_shape[-1],)
-
-        emb_shape = (1, self.time_embedding.output_dim)
-        kept = {id(self.conv_in)} | {id(layer) for layer, keep in zip(self.down_blocks, self._down_keeps) if keep}
-
-        def apply_counting(layer, shape, emb):
-            out = apply(layer, shape, emb)
-            if id(layer) in kept:  # a skip connection, alive until the up path uses it
-                state["skips"] += _elements(out)
-            return out
-
-        self._forward((1, h, w, c), emb_shape, apply_counting, concat)
-        return int(state["peak"])
 
     def build(self, input_shape):
         """Creates all weights from the image shape `(B, H, W, C)` alone.

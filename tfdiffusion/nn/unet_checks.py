@@ -1,12 +1,13 @@
-"""Argument checks of the `UNet`: integers, shapes and class labels."""
+"""Argument checks of the `UNet`: integers, shapes, class labels and its levels' channels and resolutions."""
 
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from tfdiffusion import validation
+from tfdiffusion.nn.normalization import check_num_groups
 
-__all__ = ["check_labels", "check_positive_int", "format_shape", "int_tuple"]
+__all__ = ["check_labels", "check_levels", "check_positive_int", "format_shape", "int_tuple"]
 
 
 def check_positive_int(name, value, minimum=1):
@@ -74,3 +75,66 @@ def check_labels(y, num_classes):
             y, tf.cast(num_classes, y.dtype), message=message
         )
     return y
+
+
+def check_levels(image_size, base_channels, channel_mult, attention_resolutions, num_groups, num_heads,
+                 num_head_channels, middle_attention):
+    """Each level's resolution and channels, checked against the image size, groups and heads.
+
+    Args:
+        image_size, base_channels, channel_mult, attention_resolutions,
+        num_groups, num_heads, num_head_channels, middle_attention: the
+            `UNet`'s arguments, each already checked on its own
+            (`channel_mult` and `attention_resolutions` tuples of ints).
+
+    Returns:
+        `(resolutions, level_channels)`: the tuple of each level's resolution
+        (`image_size // 2**i`) and the list of its channel count
+        (`base_channels * channel_mult[i]`).
+
+    Raises:
+        ValueError: `image_size` is not divisible by `2 ** (len(channel_mult)
+            - 1)`, an attention resolution is not one the UNet reaches,
+            `num_groups` does not divide a channel count, or the heads
+            (`num_head_channels`, else `num_heads`) do not divide an
+            attention block's channels.
+    """
+    factor = 2 ** (len(channel_mult) - 1)
+    if image_size % factor:
+        raise ValueError(
+            f"`image_size` must be divisible by {factor} "
+            f"(2 ** (len(channel_mult) - 1)) to downsample "
+            f"{len(channel_mult) - 1} times. Received: "
+            f"image_size={image_size}, channel_mult={channel_mult}"
+        )
+    resolutions = tuple(
+        image_size // 2**i for i in range(len(channel_mult))
+    )
+    unreached = [r for r in attention_resolutions if r not in resolutions]
+    if unreached:
+        raise ValueError(
+            "`attention_resolutions` must be resolutions the UNet "
+            f"reaches: {resolutions}. Received: "
+            f"attention_resolutions={attention_resolutions}"
+        )
+    level_channels = [base_channels * m for m in channel_mult]
+    for channels in [base_channels] + level_channels:
+        check_num_groups(num_groups, channels)
+    attention_channels = [
+        c for r, c in zip(resolutions, level_channels)
+        if r in attention_resolutions
+    ] + ([level_channels[-1]] if middle_attention else [])
+    for channels in attention_channels:
+        if num_head_channels is not None and channels % num_head_channels:
+            raise ValueError(
+                "`num_head_channels` must divide the channel count of "
+                "every attention block. Received: num_head_channels="
+                f"{num_head_channels}, channels={channels}"
+            )
+        if num_head_channels is None and channels % num_heads:
+            raise ValueError(
+                "`num_heads` must divide the channel count of every "
+                f"attention block. Received: num_heads={num_heads}, "
+                f"channels={channels}"
+            )
+    return resolutions, level_channels
