@@ -44,7 +44,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -55,6 +54,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfdiffusion as tfdiff  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 CONFIGS = {
     "ddpm-cifar10": dict(
@@ -108,50 +110,10 @@ def median(values):
 
 
 # ------------------------------------------------------------------ machine
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16",
-                                           "avx512_vnni", "amx_tile", "amx_bf16"})
-    except OSError:
-        pass
-    return None
-
-
-def _loadavg():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _git(*args):
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def machine_info():
     return {
-        "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_model": machine.cpu_model(),
+        "cpu_flags": machine.cpu_flags(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
@@ -160,8 +122,8 @@ def machine_info():
         "keras": keras.__version__,
         "numpy": np.__version__,
         "tfdiffusion": tfdiff.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": machine.git("rev-parse", "HEAD"),
+        "git_dirty": bool(machine.git("status", "--porcelain", "--untracked-files=no")),
         "env": {name: os.environ.get(name) for name in (
             "OPENBLAS_CORETYPE", "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "TF_XLA_FLAGS")},
         # 0 means "TF's default" (one thread per core for intra-op).
@@ -183,7 +145,7 @@ def measure_matmul(repeats, n=2048):
     calls = {mode: (lambda fn=fn: fn(a, b).numpy()) for mode, fn in calls.items()}
     a_np, b_np = a.numpy(), b.numpy()
     calls["numpy"] = lambda: a_np @ b_np
-    result = {"load_average": _loadavg()}
+    result = {"load_average": machine.load_average()}
     for name, call in calls.items():
         call()
         call()
@@ -248,7 +210,7 @@ def build_model(unet_kwargs, jit_compile):
     unet = tfdiff.UNet(**unet_kwargs)
     diffusion = tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("linear", 1000))
     model = tfdiff.DiffusionModel(unet, diffusion)
-    model.compile(optimizer=keras.optimizers.AdamW(2e-4), jit_compile=jit_compile)
+    model.compile(optimizer=tfdiff.optimizers.FusedAdamW(2e-4), jit_compile=jit_compile)
     return model
 
 
@@ -441,7 +403,7 @@ def main(argv=None):
                             "idle machine, load_average_end includes this benchmark's own threads",
         },
         "machine": machine_info(),
-        "load_average_start": _loadavg(),
+        "load_average_start": machine.load_average(),
     }
     log(f"machine: {report['machine']['cpu_model']}, {report['machine']['logical_cores']} cores, "
         f"load {report['load_average_start']}")
@@ -459,7 +421,7 @@ def main(argv=None):
         for kind in ("train", "sample"):
             for timing in result[kind].values():
                 timing["utilisation"] = timing["achieved_gflops"] / ceiling
-    report["load_average_end"] = _loadavg()
+    report["load_average_end"] = machine.load_average()
     report["wall_seconds"] = time.time() - started
     report["reference"] = REFERENCE
 

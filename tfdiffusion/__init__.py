@@ -25,6 +25,7 @@ from tfdiffusion.export import export_saved_model
 from tfdiffusion.loading import load_model
 from tfdiffusion.model import DiffusionModel
 from tfdiffusion.nn import UNet
+from tfdiffusion.optimizers import FusedAdamW
 from tfdiffusion.presets import PRESETS
 from tfdiffusion.presets import build_model
 from tfdiffusion.presets import get_preset
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DiffusionModel",
+    "FusedAdamW",
     "GaussianDiffusion",
     "ImageDataset",
     "PRESETS",

@@ -8,6 +8,7 @@ from tfdiffusion import schedules
 from tfdiffusion.diffusion import GaussianDiffusion
 from tfdiffusion.model import DiffusionModel
 from tfdiffusion.nn import UNet
+from tfdiffusion.optimizers import FusedAdamW
 
 __all__ = ["Preset", "PRESETS", "get_preset", "build_model", "make_optimizer", "LinearWarmup"]
 
@@ -148,13 +149,17 @@ def build_model(preset, num_classes=None, image_size=None, channels=None, seed=0
 
 def make_optimizer(preset):
     """AdamW at the preset's learning rate: a linear warm-up of `warmup_steps`,
-    then, with `decay_to_zero`, a linear decay to 0 at `train_steps`."""
+    then, with `decay_to_zero`, a linear decay to 0 at `train_steps`.
+
+    `FusedAdamW` (Keras' AdamW arithmetic, one kernel per variable): traces
+    and compiles several times faster than `keras.optimizers.AdamW`.
+    """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     learning_rate = preset.learning_rate
     if preset.warmup_steps or preset.decay_to_zero:
         learning_rate = LinearWarmup(preset.learning_rate, max(preset.warmup_steps, 1),
                                      decay_steps=preset.train_steps if preset.decay_to_zero else None)
-    return keras.optimizers.AdamW(learning_rate, weight_decay=0.0)
+    return FusedAdamW(learning_rate, weight_decay=0.0)
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
