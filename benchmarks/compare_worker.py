@@ -67,12 +67,12 @@ class TensorFlowSide:
 
     def __init__(self, config, batch, mode, threads):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tfdiffusion as tfdiff  # first, as the `tfdiffusion` command: its defaults apply (oneDNN)
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         import keras
 
-        import tfdiffusion as tfdiff
         from tfdiffusion.convert import unet_from_config
 
         self.tf, self.keras, self.tfdiff = tf, keras, tfdiff

@@ -1,11 +1,26 @@
-"""Test setup: two logical CPU devices (for 2-replica strategies), set before TF's runtime starts."""
+"""Test setup: tfdiffusion imported before TensorFlow, two logical CPU devices (for 2-replica strategies), set before TF's runtime starts,
+and one XLA compilation cache for the whole session (this process and every process it starts)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# tfdiffusion first: its defaults (oneDNN kernels on x86) apply here and in every subprocess,
+# as they do for the `tfdiffusion` command.
+from tfdiffusion import compilation_cache  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+# The CLI, worker and export subprocesses compile the same small programs again and again; they
+# share this session's cache (inherited through TF_XLA_FLAGS) and never touch the user's own.
+if compilation_cache.cache_directory_in_use() is None:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="tfdiffusion-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+    compilation_cache.enable_compilation_cache(_SESSION_CACHE)

@@ -7,6 +7,7 @@ import sys
 import tempfile
 import traceback
 
+from tfdiffusion import compilation_cache
 from tfdiffusion.cli import commands
 from tfdiffusion.cli.parser import PROG
 from tfdiffusion.cli.parser import CLIError
@@ -37,6 +38,24 @@ def _with_flags(message, parser, argv):
     return re.sub(r"`([a-z][a-z0-9_]*)`", replace, message)
 
 
+def _use_compilation_cache(args):
+    """XLA's persistent cache for the commands that compile, unless --no-compilation-cache.
+
+    A folder given with --compilation-cache must work (its error is the
+    command's); the default one is skipped with a note when it cannot be
+    used (e.g. a read-only home).
+    """
+    if not hasattr(args, "no_compilation_cache") or args.no_compilation_cache:
+        return
+    if args.compilation_cache is not None:
+        compilation_cache.enable_compilation_cache(args.compilation_cache)
+        return
+    try:
+        compilation_cache.enable_compilation_cache()
+    except ValueError as error:
+        print(f"{PROG}: note: XLA compilation cache off ({_one_line(error)})", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Runs the `tfdiffusion` command.
 
@@ -55,6 +74,7 @@ def main(argv=None) -> int:
     argv = [arg for arg in argv if arg != "--debug"]
     try:
         args = parser.parse_args(argv)
+        _use_compilation_cache(args)
         return _HANDLERS[args.command_name](args)
     except (CLIError, RunError, ValueError, TypeError) as error:
         # Library functions check their arguments and raise these with a clear message.

@@ -97,6 +97,13 @@ def _add_jit_flag(parser, default_text):
     parser.add_argument(
         "--jit-compile", action=argparse.BooleanOptionalAction, default=None,
         help=f"compile with XLA, or not (default: {default_text})")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--compilation-cache", metavar="DIR",
+        help="keep XLA's compiled programs in DIR, so that a later run of the same configuration "
+        "starts without compiling (default: $TFDIFFUSION_CACHE_DIR, else ~/.cache/tfdiffusion/xla)")
+    cache.add_argument("--no-compilation-cache", action="store_true",
+                       help="compile every run afresh; keep nothing on disk")
 
 
 def _add_data_dir(parser):
