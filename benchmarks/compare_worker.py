@@ -56,6 +56,15 @@ def _median_gflops(call, n, budget_seconds=4.0):
     return 2.0 * n**3 / statistics.median(seconds) / 1e9
 
 
+def _first_call_seconds(call):
+    """Seconds of the first `call()` (tracing, compiling), then one untimed warm-up call."""
+    begin = time.perf_counter()
+    call()
+    first = time.perf_counter() - begin
+    call()
+    return first
+
+
 def _reply(payload):
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -128,11 +137,7 @@ class TensorFlowSide:
 
     def sample_setup(self, steps):
         self.sample_steps = steps
-        begin = time.perf_counter()
-        self._sample_call()
-        first = time.perf_counter() - begin
-        self._sample_call()  # warm-up
-        return first
+        return _first_call_seconds(self._sample_call)
 
     def _sample_call(self):
         return self.model.generate(num_images=self.batch, sampler="ddim", num_steps=self.sample_steps,
@@ -218,11 +223,7 @@ class TorchSide:
         self.unet.eval()
         self.network = torch.compile(self.unet) if compiled else self.unet
         self.sample_steps = steps
-        begin = time.perf_counter()
-        self._sample_call()
-        first = time.perf_counter() - begin
-        self._sample_call()  # warm-up
-        return first
+        return _first_call_seconds(self._sample_call)
 
     def _sample_call(self):
         torch = self.torch

@@ -149,7 +149,10 @@ def test_served_model_batches_above_the_cap(served, exported):
     assert images.shape == (6, 8, 8, 3) and done == [(4, 6), (6, 6)]
     # The first batch is generate's first max_images images (labels cycle through the classes).
     first = model.generate(4, sampler="ddim", num_steps=2, seed=4, jit_compile=False)
-    np.testing.assert_array_equal(images[:4], first)
+    # The SavedModel's graph and the Keras model's may round differently where oneDNN kernels
+    # are on (TF_ENABLE_ONEDNN_OPTS): a uint8 step at most, on a few pixels.
+    difference = np.abs(images[:4].astype(np.int32) - first.astype(np.int32))
+    assert difference.max() <= 1 and np.mean(difference == 0) > 0.99, (difference.max(), np.mean(difference))
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [

@@ -103,7 +103,7 @@ def _add_jit_flag(parser, default_text):
         help="keep XLA's compiled programs in DIR, so that a later run of the same configuration "
         "starts without compiling (default: $TFDIFFUSION_CACHE_DIR, else ~/.cache/tfdiffusion/xla)")
     cache.add_argument("--no-compilation-cache", action="store_true",
-                       help="compile every run afresh; keep nothing on disk")
+                       help="compile every run afresh and keep nothing on disk (default: the cache is on)")
 
 
 def _add_data_dir(parser):
