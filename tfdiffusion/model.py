@@ -400,15 +400,20 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         decay = self._ema_decay_now()
         pairs = list(zip(self.ema_network.weights, self.network.weights))
 
+        rate = 1.0 - decay
+
+        def move(ema_var, var):
+            # ema <- ema - (1 - decay) * (ema - w) = decay * ema + (1 - decay) * w, in one kernel.
+            return tf.raw_ops.ResourceApplyGradientDescent(
+                var=ema_var.handle, alpha=tf.cast(rate, ema_var.dtype),
+                delta=ema_var - tf.cast(var, ema_var.dtype))
+
         def assign_all(strategy=None):
             for ema, weight in pairs:
-                ema_var, var = ema.value, weight.value
                 if strategy is None:
-                    ema_var.assign(decay * ema_var + (1.0 - decay) * tf.cast(var, ema_var.dtype))
+                    move(ema.value, weight.value)
                 else:
-                    strategy.extended.update(
-                        ema_var, lambda e, w: e.assign(decay * e + (1.0 - decay) * tf.cast(w, e.dtype)),
-                        args=(var,))
+                    strategy.extended.update(ema.value, move, args=(weight.value,), group=False)
 
         replica = tf.distribute.get_replica_context()
         if tf.distribute.has_strategy() and replica is not None:
