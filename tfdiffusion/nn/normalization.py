@@ -6,6 +6,8 @@ from keras import ops
 
 from tfdiffusion.validation import check_int
 
+__all__ = ["GROUP_NORM_EPSILON", "GroupNorm", "check_num_groups", "group_normalize"]
+
 # DDPM's reference code uses `tf.contrib.layers.group_norm`, whose epsilon is
 # 1e-6 (diffusers' port of the DDPM checkpoints keeps `norm_eps=1e-6`).
 GROUP_NORM_EPSILON = 1e-6
