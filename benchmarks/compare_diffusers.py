@@ -228,6 +228,9 @@ def table(report):
         value = section.get(name, {}).get(key)
         return "-" if value is None else fmt.format(value)
 
+    def ratio(ratios, key):
+        return "-" if key not in ratios else f"{ratios[key]:.2f}x"
+
     for name, result in report["configs"].items():
         train, sample, r = result.get("train", {}), result.get("sample", {}), result["ratios"]
         rows.append(
@@ -235,8 +238,8 @@ def table(report):
             f"| {get(train, 'tfdiffusion-fp32', 'images_per_second')} / "
             f"{get(train, 'tfdiffusion-bf16', 'images_per_second')} / "
             f"{get(train, 'diffusers-fp32', 'images_per_second')} "
-            f"| {r.get('train tfdiffusion-fp32 / diffusers-fp32', float('nan')):.2f}x / "
-            f"{r.get('train tfdiffusion-bf16 / diffusers-fp32', float('nan')):.2f}x "
+            f"| {ratio(r, 'train tfdiffusion-fp32 / diffusers-fp32')} / "
+            f"{ratio(r, 'train tfdiffusion-bf16 / diffusers-fp32')} "
             f"| {get(train, 'tfdiffusion-fp32', 'utilisation_of_fp32_matmul', '{:.2f}')} / "
             f"{get(train, 'diffusers-fp32', 'utilisation_of_fp32_matmul', '{:.2f}')} "
             f"| {get(sample, 'tfdiffusion-fp32', 'evals_per_second')} / "

@@ -26,22 +26,15 @@ replies goes to stderr.
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 
+from machine import peak_resident_mb  # this folder: started as a script, it is on sys.path
+from machine import resident_mb
+
 START = time.perf_counter()
 MATMUL_N = 2048  # float32; bfloat16 at half (emulated bf16 on AVX2 runs ~30x slower)
-
-
-def _rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _median_gflops(call, n, budget_seconds=4.0):
@@ -85,7 +78,7 @@ class TensorFlowSide:
         from tfdiffusion.convert import unet_from_config
 
         self.tf, self.keras, self.tfdiff = tf, keras, tfdiff
-        self.rss_after_import = _rss_mb()
+        self.rss_after_import = resident_mb()
         self.import_seconds = time.perf_counter() - START
         from tensorflow.python.util import _pywrap_util_port
 
@@ -161,7 +154,7 @@ class TorchSide:
 
         torch.set_num_threads(threads)
         self.torch, self.F = torch, F
-        self.rss_after_import = _rss_mb()
+        self.rss_after_import = resident_mb()
         self.info = {"framework": f"torch {torch.__version__}, diffusers {diffusers_version}",
                      "mkldnn": bool(torch.backends.mkldnn.is_available()),
                      "num_threads": torch.get_num_threads(), "mode": mode}
@@ -266,7 +259,7 @@ def main():
                 seconds.append(time.perf_counter() - begin)
             _reply({"seconds": seconds})
         elif op == "memory":
-            _reply({"peak_rss_mb": _peak_rss_mb(), "rss_after_import_mb": side.rss_after_import})
+            _reply({"peak_rss_mb": peak_resident_mb(), "rss_after_import_mb": side.rss_after_import})
         elif op == "quit":
             return
         else:

@@ -7,12 +7,25 @@ git state of the checkout.
 
 import os
 import platform
+import resource
 import subprocess
 
-__all__ = ["cpu_flags", "cpu_model", "git", "load_average", "machine_summary"]
+__all__ = ["cpu_flags", "cpu_model", "git", "load_average", "machine_summary", "peak_resident_mb",
+           "resident_mb"]
 
 # The flags that change which matmul/convolution kernels the frameworks pick.
 KERNEL_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def resident_mb():
+    """This process's resident set now, in MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_resident_mb():
+    """This process's peak resident set so far, in MB (`ru_maxrss` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_model():

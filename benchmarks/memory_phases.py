@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import json
 import os
-import resource
 import sys
 import time
 
@@ -26,15 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compare_diffusers import CONFIGS  # noqa: E402  (imports no framework)
 from machine import machine_summary  # noqa: E402
-
-
-def _resident_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+from machine import peak_resident_mb  # noqa: E402
+from machine import resident_mb  # noqa: E402
 
 
 def main(argv=None):
@@ -49,7 +41,7 @@ def main(argv=None):
 
     def record(name):
         phases.append(dict(phase=name, seconds=round(time.perf_counter() - START, 2),
-                           resident_mb=round(_resident_mb()), peak_mb=round(_peak_mb())))
+                           resident_mb=round(resident_mb()), peak_mb=round(peak_resident_mb())))
         print(json.dumps(phases[-1]), file=sys.stderr, flush=True)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -90,7 +90,7 @@ def group_normalize(x, gamma, beta, num_groups, epsilon=GROUP_NORM_EPSILON):
 
         def gradient(dy):
             dy = tf.reshape(dy, tf.shape(flat))
-            centred = flat - mean  # recomputed: fused into the reductions below
+            centred = flat - mean  # recomputed, not kept from the forward pass: one feature map less held
             sum_dy = tf.reduce_sum(dy, 1, keepdims=True)  # [B, 1, C]
             sum_dy_xhat = tf.reduce_sum(dy * centred, 1, keepdims=True) * inv
             count = positions if positions is not None else tf.cast(tf.shape(flat)[1], x.dtype)
