@@ -189,6 +189,30 @@ def test_layout_and_description(exported):
         "churn": 0.0}
 
 
+def _conv_count(graph_def):
+    functions = list(graph_def.library.function)
+    return (sum(node.op == "Conv2D" for node in graph_def.node)
+            + sum(node.op == "Conv2D" for function in functions for node in function.node_def))
+
+
+def test_network_graph_is_saved_once_per_timestep_dtype(exported):
+    """Every signature calls one library function for the network: its convolutions are saved once for
+    integer timesteps (DDIM, DDPM, DPM-Solver++, `denoise`) and once for Heun's continuous ones, not once
+    per call site (5 signatures, both branches of the guidance `tf.cond`, Heun's two evaluations)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model, version_dir, _ = exported
+    single = tf.function(lambda x, t, y: model.ema_network(x, t, y=y, training=False), autograph=False)
+    per_trace = _conv_count(single.get_concrete_function(
+        tf.TensorSpec((None, 8, 8, 3), tf.float32), tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.int32)).graph.as_graph_def())
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(version_dir, "saved_model.pb"), "rb") as file:
+        proto.ParseFromString(file.read())
+    assert per_trace >= 5  # the tiny UNet's input, block and output convolutions
+    assert _conv_count(proto.meta_graphs[0].graph_def) == 2 * per_trace
+
+
 def test_default_export_offers_every_registered_sampler(exported):
     model, _, _ = exported
     names, default, _ = export._check_arguments(model, None, "ddim", 4, False, False)

@@ -188,9 +188,10 @@ class ServingModule(tf.Module):
     # ------------------------------------------------------------ denoise
     def _predict(self, x_t, t, labels):
         model_kwargs = {} if labels is None else {"y": labels}
+        network = self._model.value.sampling_network
 
-        def model_fn(x, timesteps, **kwargs):
-            return self._model.value.ema_network(x, timesteps, training=False, **kwargs)
+        def model_fn(x, timesteps, y=None):
+            return network(x, timesteps, y)
 
         out = self._model.value.diffusion.model_predictions(model_fn, x_t, t, clip_denoised=False,
                                                       model_kwargs=model_kwargs)

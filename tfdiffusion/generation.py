@@ -56,6 +56,15 @@ class ImageGeneration:
                              f"{labels.min()} to {labels.max()}")
         return labels.astype(np.int32)
 
+    @property
+    def sampling_network(self) -> sampling.TracedNetwork:
+        """The EMA network's inference call as one traced function, shared by every sampler and export."""
+        traced = getattr(self, "_traced_ema_network", None)
+        if traced is None or traced.network is not self.ema_network:
+            traced = sampling.TracedNetwork(self.ema_network)
+            self._traced_ema_network = traced
+        return traced
+
     def image_sampler(self, sampler: str = "ddim", spacing: Optional[str] = None, clip_denoised: bool = True,
                       jit_compile: bool = False, threshold: Optional[float] = None) -> sampling.ImageSampler:
         """The traced sampling function of `generate` (and the SavedModel export), cached.
@@ -67,7 +76,7 @@ class ImageGeneration:
         key = (sampler, spacing, clip_denoised, jit_compile, threshold)
         if key not in self._image_samplers:
             self._image_samplers[key] = sampling.ImageSampler(
-                self.ema_network, self.diffusion, self.image_shape, sampler, num_classes=self.num_classes,
+                self.sampling_network, self.diffusion, self.image_shape, sampler, num_classes=self.num_classes,
                 null_label=self.null_label, spacing=spacing, clip_denoised=clip_denoised,
                 jit_compile=jit_compile, threshold=threshold)
         return self._image_samplers[key]

@@ -16,7 +16,7 @@ from tfdiffusion import images
 from tfdiffusion import random as tfd_random
 from tfdiffusion import samplers
 
-__all__ = ["ImageSampler", "available_memory_bytes", "check_sampling_memory", "initial_noise"]
+__all__ = ["ImageSampler", "TracedNetwork", "available_memory_bytes", "check_sampling_memory", "initial_noise"]
 
 # Allocator slack and the loop's own copies on top of the network's live values.
 _MEMORY_SAFETY_FACTOR = 2.0
@@ -84,12 +84,50 @@ def initial_noise(seed: tf.Tensor, start: Any, shape: Sequence) -> Tuple[tf.Tens
     return tfd_random.random_normal(shape, tfd_random.fold_in(batch_seed, _NOISE_STREAM)), batch_seed
 
 
+class TracedNetwork:
+    """A network's inference call (`training=False`) as one `tf.function`, shared by every caller.
+
+    A sampling loop calls the network at several places (both branches of
+    the guidance `tf.cond`, a solver's stages), and an export holds one
+    loop per sampler. Called inline, every place traces the whole network
+    again, and a SavedModel keeps a copy of its graph per place (19 at the
+    `shapes` preset with every sampler). Called through this object, the
+    network is traced once per replica and input signature, and the graphs
+    hold a call of one library function; Grappler and XLA inline it, so the
+    arithmetic is unchanged.
+
+    Under a multi-replica strategy each replica traces its own function
+    (`replica` argument): a function traced on one replica holds that
+    replica's copies of the variables.
+
+    Args:
+        network: the denoising network, called `network(x_t, t, y=labels,
+            training=False)` (`y` only when given).
+    """
+
+    def __init__(self, network: Callable):
+        self.network = network
+        self._functions: Dict[Optional[int], Any] = {}
+
+    def _call(self, x_t, t, y):
+        kwargs = {} if y is None else {"y": y}
+        return self.network(x_t, t, training=False, **kwargs)
+
+    def __call__(self, x_t: tf.Tensor, t: tf.Tensor, y: Optional[tf.Tensor] = None,
+                 replica: Optional[int] = None) -> tf.Tensor:
+        """The network's output `[N, H, W, C_out]` at `x_t` `[N, H, W, C]`, timesteps `t` `[N]`, labels `y` `[N]`."""
+        if replica not in self._functions:
+            self._functions[replica] = tf.function(self._call, autograph=False)
+        return self._functions[replica](x_t, t, y)
+
+
 class ImageSampler:
     """Draws uint8 images with one sampler family from a network and its diffusion.
 
     Args:
         network: the denoising network, called `network(x_t, t, y=labels,
-            training=False)` (labels only when `num_classes` is set).
+            training=False)` (labels only when `num_classes` is set), or
+            a `TracedNetwork` of it to share one trace between samplers.
         diffusion: its `GaussianDiffusion`.
         image_shape: `(H, W, C)`.
         sampler: a registered sampler name (`samplers.sampler_names()`).
@@ -106,7 +144,7 @@ class ImageSampler:
                  num_classes: Optional[int] = None, null_label: Optional[int] = None,
                  spacing: str = "leading", clip_denoised: bool = True, jit_compile: bool = False,
                  threshold: Optional[float] = None):
-        self.network = network
+        self.network = network if isinstance(network, TracedNetwork) else TracedNetwork(network)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = num_classes
         self.null_label = null_label
@@ -135,22 +173,22 @@ class ImageSampler:
         specs += [tf.TensorSpec([], tf.float32, name=name) for name in self.option_names]
         return tuple(specs)
 
-    def _model_fn(self, guidance_scale):
-        def model_fn(x_t, t, **kwargs):
-            return self.network(x_t, t, training=False, **kwargs)
+    def _model_fn(self, guidance_scale, replica):
+        def model_fn(x_t, t, y=None):
+            return self.network(x_t, t, y, replica=replica)
 
         if self.num_classes is None:
             return model_fn
         return samplers.classifier_free_guidance(model_fn, guidance_scale, self.null_label, self.image_shape[-1])
 
-    def _sample(self, noise, seed, *args, batch_offset=None):
+    def _sample(self, noise, seed, *args, batch_offset=None, replica=None):
         args = list(args)
         labels = args.pop(0) if self.num_classes is not None else None
         num_steps = args.pop(0)
         guidance_scale = args.pop(0) if self.num_classes is not None else None
         options = dict(zip(self.option_names, args))
         model_kwargs = {} if labels is None else {"y": labels}
-        x_0 = self.sampler.sample(self._model_fn(guidance_scale), noise, num_steps, seed, model_kwargs,
+        x_0 = self.sampler.sample(self._model_fn(guidance_scale, replica), noise, num_steps, seed, model_kwargs,
                                   batch_offset=batch_offset, **options)
         return images.to_uint8(x_0)
 
@@ -185,7 +223,7 @@ class ImageSampler:
         replica_id = int(tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group))
         if replica_id not in self._replica_functions:
             self._replica_functions[replica_id] = tf.function(
-                lambda offset, total, *a: self._sample(*a, batch_offset=(offset, total)),
+                lambda offset, total, *a: self._sample(*a, batch_offset=(offset, total), replica=replica_id),
                 jit_compile=self.jit_compile, autograph=False)
         # The split may be uneven (3 images on 2 replicas: 2 and 1), so the sizes are gathered.
         offset, total = tfd_random.batch_offset(tf.shape(args[0])[0], even=False)
