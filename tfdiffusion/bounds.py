@@ -5,12 +5,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tfdiffusion import random as tfd_random
 from tfdiffusion import validation
-
-tfd = tfp.distributions
 
 __all__ = [
     "BIN_HALF_WIDTH",
@@ -28,8 +25,16 @@ BIN_HALF_WIDTH = 1.0 / 255.0
 _LOG2 = math.log(2.0)
 
 
+def _tfp():
+    """TensorFlow Probability, imported on first use: with the tf-keras it loads, ~1 s that a process
+    which only samples, exports or serves never pays."""
+    import tensorflow_probability as tfp
+
+    return tfp
+
+
 def _normal(mean, log_variance):
-    return tfd.Normal(loc=mean, scale=tf.exp(0.5 * log_variance))
+    return _tfp().distributions.Normal(loc=mean, scale=tf.exp(0.5 * log_variance))
 
 
 def normal_kl(mean1, log_variance1, mean2, log_variance2):
@@ -41,7 +46,7 @@ def normal_kl(mean1, log_variance1, mean2, log_variance2):
     Returns:
         The elementwise KL divergence in nats, broadcast shape.
     """
-    return tfd.kl_divergence(_normal(mean1, log_variance1), _normal(mean2, log_variance2))
+    return _tfp().distributions.kl_divergence(_normal(mean1, log_variance1), _normal(mean2, log_variance2))
 
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
@@ -66,7 +71,8 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale):
     References:
         Ho et al. 2020, Eq. 13.
     """
-    standard = tfd.Normal(loc=0.0, scale=1.0)
+    tfp = _tfp()
+    standard = tfp.distributions.Normal(loc=0.0, scale=1.0)
     inv_scale = tf.exp(-log_scale)
     z_upper = (x + BIN_HALF_WIDTH - mean) * inv_scale
     z_lower = (x - BIN_HALF_WIDTH - mean) * inv_scale
