@@ -21,9 +21,13 @@ import os
 import re
 from typing import Optional
 
-__all__ = ["cache_directory_in_use", "default_cache_directory", "enable_compilation_cache"]
+__all__ = ["cache_directory_in_use", "default_cache_directory", "enable_compilation_cache",
+           "lowered_steps_directory"]
 
 _FLAG = "--tf_xla_persistent_cache_directory"
+# Set by `enable_compilation_cache(lowered_steps=True)`; inherited by the processes this one starts.
+_LOWERED_STEPS_ENV = "TFDIFFUSION_LOWERED_STEPS"
+_LOWERED_STEPS_FOLDER = "lowered-train-steps"
 _FLAG_PATTERN = re.compile(re.escape(_FLAG) + r"=(\S+)")
 
 
@@ -42,7 +46,15 @@ def cache_directory_in_use() -> Optional[str]:
     return match.group(1) if match else None
 
 
-def enable_compilation_cache(directory: Optional[str] = None) -> str:
+def lowered_steps_directory() -> Optional[str]:
+    """The folder of lowered training steps (`lowered_steps`), or None when they are off."""
+    directory = cache_directory_in_use()
+    if directory is None or os.environ.get(_LOWERED_STEPS_ENV) != "1":
+        return None
+    return os.path.join(directory, _LOWERED_STEPS_FOLDER)
+
+
+def enable_compilation_cache(directory: Optional[str] = None, lowered_steps: bool = False) -> str:
     """Keeps XLA's compiled programs in `directory` for later runs of the same computation.
 
     Call it before the process compiles anything with XLA (TensorFlow reads
@@ -52,6 +64,11 @@ def enable_compilation_cache(directory: Optional[str] = None) -> str:
     Args:
         directory: the cache folder (created if missing); None for the one
             already in `TF_XLA_FLAGS`, else `default_cache_directory()`.
+        lowered_steps: also keep each `DiffusionModel`'s lowered XLA training
+            step in the folder, so that a later `fit` of the same
+            configuration skips tracing and lowering it (see
+            `tfdiffusion.lowered_steps`). The `tfdiffusion` command turns it
+            on; False leaves the current setting.
 
     Returns:
         The absolute path of the cache folder.
@@ -61,6 +78,8 @@ def enable_compilation_cache(directory: Optional[str] = None) -> str:
         ValueError: `directory` is empty, is a file, cannot be written, or
             `TF_XLA_FLAGS` already names another cache folder.
     """
+    if not isinstance(lowered_steps, bool):
+        raise TypeError(f"`lowered_steps` must be True or False. Received: {lowered_steps!r}")
     if directory is not None and not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"`directory` must be a folder path (str or os.PathLike) or None. "
                         f"Received: {directory!r} of type {type(directory).__name__}")
@@ -89,4 +108,6 @@ def enable_compilation_cache(directory: Optional[str] = None) -> str:
     if in_use is None:
         flags = os.environ.get("TF_XLA_FLAGS", "").strip()
         os.environ["TF_XLA_FLAGS"] = f"{flags} {_FLAG}={path}".strip()
+    if lowered_steps:
+        os.environ[_LOWERED_STEPS_ENV] = "1"
     return path

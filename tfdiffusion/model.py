@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from tfdiffusion import generation
+from tfdiffusion import lowered_steps
 from tfdiffusion import random as tfd_random
 from tfdiffusion import replicas
 from tfdiffusion import schedules
@@ -172,6 +173,15 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         """
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.network.trainable_variables)
+        if self._lowered_train_step() is not None:
+            if self.train_function is None or force:
+                # Keras' step function stays uncompiled; the lowered step compiles itself.
+                self._jit_compile = False
+                try:
+                    self.train_function = self._make_function(self.lowered_train_step)
+                finally:
+                    self._jit_compile = True
+            return self.train_function
         return self._without_whole_step_xla(super().make_train_function, force)
 
     def load_weights(self, filepath, *args, **kwargs):
@@ -256,11 +266,23 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
                              "one batch with drop_remainder)")
         self._unpack(first)  # eagerly: the value checks raise ValueError/TypeError here
 
+    def _lowered_train_step(self):
+        """The `LoweredTrainStep` when lowered steps are on and this model is eligible, else None."""
+        if not lowered_steps.enabled() or self.optimizer is None or lowered_steps.ineligibility(self):
+            return None
+        if getattr(self, "lowered_train_step", None) is None:
+            self.lowered_train_step = lowered_steps.LoweredTrainStep(self)
+        return self.lowered_train_step
+
     def fit(self, x=None, *args, **kwargs):
         """Keras `fit`, with the data set checked before training and in-graph check failures
         reported as ValueErrors; see `keras.Model.fit`."""
         if isinstance(x, tf.data.Dataset):
             self._check_dataset(x, "the training data")
+            if self._lowered_train_step() is not None:
+                if not self.optimizer.built:
+                    self.optimizer.build(self.network.trainable_variables)
+                self.lowered_train_step.prepare(x.element_spec)
         with _assertion_errors_as_value_errors():
             return super().fit(x, *args, **kwargs)
 

@@ -48,10 +48,10 @@ def _use_compilation_cache(args):
     if not hasattr(args, "no_compilation_cache") or args.no_compilation_cache:
         return
     if args.compilation_cache is not None:
-        compilation_cache.enable_compilation_cache(args.compilation_cache)
+        compilation_cache.enable_compilation_cache(args.compilation_cache, lowered_steps=True)
         return
     try:
-        compilation_cache.enable_compilation_cache()
+        compilation_cache.enable_compilation_cache(lowered_steps=True)
     except ValueError as error:
         print(f"{PROG}: note: XLA compilation cache off ({_one_line(error)})", file=sys.stderr)
 

@@ -1,0 +1,298 @@
+"""The lowered training step kept across runs, so that a second start skips tracing and lowering.
+
+XLA's persistent cache (`compilation_cache`) finds a compiled program by its
+HLO, so every start still traces the Python step into a graph (~8 s at
+ddpm-cifar10 on 2 cores) and lowers the graph to HLO (~5-10 s) before it can
+look the program up. With lowered steps on, the first start of a
+configuration also saves its step as StableHLO
+(`tf.function.experimental_get_compiler_ir`) with the list of variables it
+reads and writes; every start, this one included, runs the step as one
+`XlaCallModule` op between reads and writes of those variables, whose
+program XLA's cache then keeps. A later start of the same configuration
+traces only that small wrapper.
+
+An entry is found by everything its step depends on: tfdiffusion's source,
+the TensorFlow, Keras and TensorFlow Probability versions, the model's and
+optimizer's classes and configurations, the model's plain attributes, the
+dtype policy, the batch's shapes and dtypes, and every variable's path,
+shape and dtype. Only a `DiffusionModel` whose network and optimizer come
+from tfdiffusion or Keras, on one CPU device, is eligible: other code is not
+part of that key.
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from importlib import metadata
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import gen_resource_variable_ops
+
+from tfdiffusion import compilation_cache
+
+__all__ = ["LoweredTrainStep", "enabled", "ineligibility"]
+
+_FORMAT = 1
+# XlaCallModule's serialization version for a module given as text.
+_CALL_MODULE_VERSION = 9
+_TYPES = {"f32": tf.float32, "f16": tf.float16, "bf16": tf.bfloat16, "f64": tf.float64, "i1": tf.bool,
+          "i8": tf.int8, "i32": tf.int32, "i64": tf.int64, "ui8": tf.uint8, "ui32": tf.uint32, "ui64": tf.uint64}
+_OUR_MODULES = ("tfdiffusion.", "keras.")
+
+
+def enabled() -> bool:
+    """Lowered steps are on (`enable_compilation_cache(lowered_steps=True)`) with XLA's cache in use."""
+    return compilation_cache.lowered_steps_directory() is not None
+
+
+def _module_of(obj: Any) -> str:
+    return type(obj).__module__ + "."
+
+
+def ineligibility(model) -> Optional[str]:
+    """Why `model`'s training step cannot be kept lowered, or None if it can."""
+    from tfdiffusion.model import DiffusionModel  # the exact class: a subclass may step differently
+
+    if type(model) is not DiffusionModel:
+        return f"the model is a {type(model).__name__}, not a DiffusionModel"
+    if not model.jit_compile or model.run_eagerly:
+        return "the step is not compiled with XLA"
+    strategy = model.distribute_strategy
+    if strategy.num_replicas_in_sync != 1 or isinstance(strategy, tf.distribute.TPUStrategy):
+        return "the step runs under a multi-replica or TPU strategy"
+    if tf.config.list_logical_devices("GPU"):
+        return "a GPU is present (steps are lowered for the CPU)"
+    foreign = [type(layer).__name__ for layer in model._flatten_layers()
+               if not _module_of(layer).startswith(_OUR_MODULES)]
+    if foreign:
+        return f"the network has layers from outside tfdiffusion and Keras ({foreign[0]})"
+    if not _module_of(model.optimizer).startswith(_OUR_MODULES):
+        return f"the optimizer {type(model.optimizer).__name__} comes from outside tfdiffusion and Keras"
+    return None
+
+
+def _source_digest() -> str:
+    """SHA-256 of tfdiffusion's Python source files (their paths and contents)."""
+    digest = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as file:
+                    digest.update(file.read())
+    return digest.hexdigest()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _state_variables(model) -> List[Any]:
+    """The variables a training step may read or write: the model's, the optimizer's and the metrics'."""
+    return list(model.variables) + list(model.optimizer.variables) + list(model.metrics_variables)
+
+
+def _tf_variable(variable) -> tf.Variable:
+    """The `tf.Variable` behind a Keras variable (its storage; reading it never autocasts)."""
+    return getattr(variable, "value", variable) if not isinstance(variable, tf.Variable) else variable
+
+
+def _entry_key(model, data_specs: Sequence[tf.TensorSpec]) -> str:
+    import keras
+
+    plain = {name: value for name, value in sorted(vars(model).items())
+             if isinstance(value, (bool, int, float, str, type(None)))}
+    described = dict(
+        format=_FORMAT, source=_source_digest(),
+        versions=[tf.__version__, keras.__version__, _version("tensorflow-probability")],
+        model=[type(model).__qualname__, model.get_config(), plain],
+        optimizer=[type(model.optimizer).__module__, type(model.optimizer).__qualname__,
+                   model.optimizer.get_config()],
+        policy=[keras.config.dtype_policy().name, keras.config.floatx()],
+        data=[(spec.shape.as_list(), spec.dtype.name) for spec in data_specs],
+        variables=[(v.path, list(v.shape), str(v.dtype)) for v in _state_variables(model)])
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=repr).encode()).hexdigest()[:32]
+
+
+def _runnable_text(text: str) -> Optional[str]:
+    """The lowered module with its two MHLO-only ops in StableHLO/CHLO form, or None if others remain.
+
+    `mhlo.copy` (the copy of each updated variable) becomes a same-shape
+    reshape and `mhlo.erf` becomes `chlo.erf`: `XlaCallModule` reads
+    StableHLO and CHLO only.
+    """
+    text = re.sub(r"= mhlo\.copy (%[\w#]+) : (tensor<[^>]*>)", r"= stablehlo.reshape \1 : (\2) -> \2", text)
+    text = re.sub(r"= mhlo\.erf (%[\w#]+) : (tensor<[^>]*>)", r"= chlo.erf \1 : \2 -> \2", text)
+    return None if re.search(r"= mhlo\.", text) else text
+
+
+def _signature(text: str) -> Tuple[List[List[int]], List[tf.DType], List[Tuple[int, int]]]:
+    """Output shapes and dtypes of the module's `main`, and its (parameter, output) aliases."""
+    header = text[:text.index("func.func @main")]
+    aliases = [(int(p), int(o)) for p, o in re.findall(
+        r"parameter_number = (\d+) : i64}, output_index = array<i64: (\d+)>", header)]
+    main = text[text.index("func.func @main"):]
+    main = main[:main.index("\n")]
+    results = main[main.index(") -> (") + len(") -> ("):main.rindex(") {")]
+    shapes, dtypes = [], []
+    for dims, name in re.findall(r"tensor<((?:\d+x)*)(\w+)>", results):
+        shapes.append([int(d) for d in dims.split("x") if d])
+        dtypes.append(_TYPES[name])
+    return shapes, dtypes, aliases
+
+
+def _write_atomically(path: str, entry: Dict[str, Any], constants: Dict[str, np.ndarray]) -> None:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, entry=np.frombuffer(json.dumps(entry).encode(), np.uint8), **constants)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class LoweredTrainStep:
+    """A `DiffusionModel`'s `train_step` that runs as one saved StableHLO module.
+
+    `prepare(element_spec)` (eagerly, before Keras traces the step) loads
+    the entry for the batch signature, or traces, lowers and saves it. The
+    object is then Keras' (uncompiled) step function: called while Keras
+    traces with the batch `data`, it returns the logs of an XLA-compiled
+    function that reads every variable, calls the module and writes the
+    updated values back. A batch signature not prepared (e.g. a relaxed
+    shape) compiles `train_step` itself, as without lowered steps.
+
+    Args:
+        model: an eligible `DiffusionModel` (see `ineligibility`).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.folder = compilation_cache.lowered_steps_directory()
+        self._functions: Dict[Tuple, Any] = {}
+        self._fallback = None
+        self.loaded: List[str] = []  # keys read from disk
+        self.saved: List[str] = []  # keys lowered and saved by this process
+
+    @staticmethod
+    def _signature_of(structure) -> Tuple:
+        flat = [x for x in tf.nest.flatten(structure) if x is not None]
+        return tuple((tuple(x.shape.as_list()), x.dtype.name) for x in flat)
+
+    def prepare(self, element_spec) -> None:
+        """Loads or makes the entry for batches of `element_spec` (a `tf.data` element spec); eager."""
+        signature = self._signature_of(element_spec)
+        flat = [x for x in tf.nest.flatten(element_spec) if x is not None]
+        if signature in self._functions or not all(spec.shape.is_fully_defined() for spec in flat):
+            return
+        key = _entry_key(self.model, flat)
+        path = os.path.join(self.folder, key + ".npz")
+        if os.path.exists(path):
+            with np.load(path) as saved:
+                entry = json.loads(saved["entry"].tobytes().decode())
+                constants = {name: saved[name] for name in saved.files if name != "entry"}
+            self.loaded.append(key)
+        else:
+            try:
+                entry, constants = self._lower(element_spec)
+            except ValueError as error:  # a step this module cannot keep: compiled as without lowered steps
+                warnings.warn(f"tfdiffusion: this training step is not kept lowered ({error})", stacklevel=2)
+                return
+            self.saved.append(key)
+        runner = self._runner(entry, constants, len(flat))
+        # XLA's cache finds a program by its cluster's signature, which holds the traced function's name,
+        # numbered by TensorFlow's process-wide counter. Taking the counter to where the first run traced
+        # this wrapper gives it the same name in every run (a first run has lowered the step first).
+        start = ops.uid()
+        while start < entry.get("uid", start):
+            start = ops.uid()
+        self._functions[signature] = runner.get_concrete_function(*flat)
+        if entry.get("uid") != start:
+            entry["uid"] = start
+            _write_atomically(path, entry, constants)
+
+    def __call__(self, data):
+        function = self._functions.get(self._signature_of(data))
+        if function is None:
+            if self._fallback is None:
+                self._fallback = tf.function(self.model.train_step, jit_compile=True, autograph=False)
+            return self._fallback(data)
+        return function(*[x for x in tf.nest.flatten(data) if x is not None])  # the concrete function: no retrace
+
+    def _lower(self, structure):
+        """Traces and lowers `train_step` for the batch `structure`: the entry (module, captures, outputs)."""
+        leaves = tf.nest.flatten(structure)
+        specs = [tf.TensorSpec(leaf.shape, leaf.dtype) for leaf in leaves if leaf is not None]
+
+        def step(*tensors):  # flat tensor arguments: the only kind `experimental_get_compiler_ir` takes
+            given = iter(tensors)
+            batch = tf.nest.pack_sequence_as(structure, [None if leaf is None else next(given) for leaf in leaves])
+            return self.model.train_step(batch)
+
+        traced = tf.function(step, jit_compile=True, autograph=False)
+        concrete = traced.get_concrete_function(*specs)
+        outputs = concrete.structured_outputs
+        if not isinstance(outputs, dict) or not all(tf.is_tensor(v) for v in outputs.values()):
+            raise ValueError("a lowered train step must return a flat dict of tensors")
+        by_handle = {id(_tf_variable(v).handle): v.path for v in _state_variables(self.model)}
+        captures, constants = [], {}
+        for index, captured in enumerate(concrete.captured_inputs):
+            if captured.dtype == tf.resource:
+                if id(captured) not in by_handle:
+                    raise ValueError("the train step reads a variable the model does not list")
+                captures.append(["variable", by_handle[id(captured)]])
+            else:
+                name = f"constant_{index}"
+                constants[name] = captured.numpy()
+                captures.append(["constant", name])
+        text = _runnable_text(traced.experimental_get_compiler_ir(*specs)(stage="stablehlo"))
+        if text is None:
+            raise ValueError("the lowered step holds MHLO ops XlaCallModule cannot read")
+        entry = dict(format=_FORMAT, module=text, captures=captures, outputs=sorted(outputs))
+        return entry, constants
+
+    def _runner(self, entry, constants, num_data):
+        variables = {v.path: _tf_variable(v) for v in _state_variables(self.model)}
+        shapes, dtypes, aliases = _signature(entry["module"])
+        captures, output_names = entry["captures"], entry["outputs"]
+        num_outputs = len(output_names)
+        updated = sorted(output for _, output in aliases)
+        if updated != list(range(num_outputs, len(shapes))):
+            raise ValueError("the lowered step's outputs are not its logs followed by variable updates")
+        module = entry["module"].encode()
+
+        def step(*batch):
+            # Raw read and assign ops: a thousand variables' Python wrappers would take seconds to trace.
+            args = list(batch)
+            for kind, name in captures:
+                if kind == "variable":
+                    args.append(gen_resource_variable_ops.read_variable_op(variables[name].handle,
+                                                                           variables[name].dtype))
+                else:
+                    args.append(tf.constant(constants[name]))
+            results = gen_xla_ops.xla_call_module(args, version=_CALL_MODULE_VERSION, module=module,
+                                                  Sout=shapes, Tout=dtypes, platforms=["CPU"])
+            writes = [gen_resource_variable_ops.assign_variable_op(
+                variables[captures[parameter - num_data][1]].handle, results[output])
+                for parameter, output in aliases]
+            with tf.control_dependencies(writes):
+                return {name: tf.identity(results[i]) for i, name in enumerate(output_names)}
+
+        return tf.function(step, jit_compile=True, autograph=False)
