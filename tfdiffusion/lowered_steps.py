@@ -58,9 +58,8 @@ def _module_of(obj: Any) -> str:
 
 def ineligibility(model) -> Optional[str]:
     """Why `model`'s training step cannot be kept lowered, or None if it can."""
-    from tfdiffusion.model import DiffusionModel  # the exact class: a subclass may step differently
-
-    if type(model) is not DiffusionModel:
+    # The exact class (named, not imported: model.py imports this module); a subclass may step differently.
+    if (type(model).__module__, type(model).__qualname__) != ("tfdiffusion.model", "DiffusionModel"):
         return f"the model is a {type(model).__name__}, not a DiffusionModel"
     if not model.jit_compile or model.run_eagerly:
         return "the step is not compiled with XLA"
