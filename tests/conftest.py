@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # tfdiffusion first: its defaults (oneDNN kernels on x86) apply here and in every subprocess,
@@ -32,3 +34,15 @@ if compilation_cache.cache_directory_in_use() is None:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="tfdiffusion-tests-xla-cache-")
     atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
     compilation_cache.enable_compilation_cache(_SESSION_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def _lowered_steps_stay_in_their_test():
+    """`tfdiffusion.cli.main` run in-process turns lowered training steps on for the whole process (an
+    environment variable, as the command does for itself); each test starts with the session's setting."""
+    saved = os.environ.get("TFDIFFUSION_LOWERED_STEPS")
+    yield
+    if saved is None:
+        os.environ.pop("TFDIFFUSION_LOWERED_STEPS", None)
+    else:
+        os.environ["TFDIFFUSION_LOWERED_STEPS"] = saved

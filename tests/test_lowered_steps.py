@@ -39,45 +39,52 @@ def train(initial=None):
                         verbose=0)
     return model, {key: [float(v) for v in values] for key, values in history.history.items()}
 
+keras.utils.set_random_seed(0)  # the same initial weights in both processes
 initial = presets.build_model("shapes-hybrid", num_classes=3, image_size=8, num_timesteps=20, unet=unet,
                               seed=0).get_weights()
 lowered, lowered_logs = train(initial)
 step = lowered.lowered_train_step
-os.environ["TFDIFFUSION_LOWERED_STEPS"] = "0"
-traced, traced_logs = train(initial)
-assert getattr(traced, "lowered_train_step", None) is None
-difference = max(float(np.max(np.abs(a - b))) for a, b in zip(
-    [np.asarray(v) for v in lowered.weights + lowered.optimizer.variables],
-    [np.asarray(v) for v in traced.weights + traced.optimizer.variables]))
-moved = max(float(np.max(np.abs(a - b))) for a, b in zip(lowered.ema_network.get_weights(),
-                                                         lowered.network.get_weights()))
-print(json.dumps(dict(loaded=len(step.loaded), saved=len(step.saved), lowered=lowered_logs, traced=traced_logs,
-                      difference=difference, iterations=int(lowered.optimizer.iterations),
-                      ema_differs_from_network=moved)))
+state = [np.asarray(v) for v in lowered.weights + lowered.optimizer.variables]
+report = dict(loaded=len(step.loaded), saved=len(step.saved), lowered=lowered_logs,
+              iterations=int(lowered.optimizer.iterations),
+              ema_differs_from_network=max(float(np.max(np.abs(a - b))) for a, b in zip(
+                  lowered.ema_network.get_weights(), lowered.network.get_weights())))
+if sys.argv[3] == "compare":
+    os.environ["TFDIFFUSION_LOWERED_STEPS"] = "0"
+    traced, report["traced"] = train(initial)
+    assert getattr(traced, "lowered_train_step", None) is None
+    traced_state = [np.asarray(v) for v in traced.weights + traced.optimizer.variables]
+    np.savez(sys.argv[4], *traced_state)
+else:
+    with np.load(sys.argv[4]) as saved:
+        traced_state = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+report["difference"] = max(float(np.max(np.abs(a - b))) for a, b in zip(state, traced_state))
+print(json.dumps(report))
 """
 
 
-def _run(folder):
+def _run(folder, mode, state):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_XLA_FLAGS", "TFDIFFUSION_LOWERED_STEPS")}
-    result = subprocess.run([sys.executable, "-c", PROGRAM, str(folder), json.dumps(TINY_UNET)],
+    result = subprocess.run([sys.executable, "-c", PROGRAM, str(folder), json.dumps(TINY_UNET), mode, str(state)],
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_second_process_trains_from_the_saved_step_like_the_traced_step(tmp_path):
-    folder = tmp_path / "cache"
-    first = _run(folder)
+    folder, traced_state = tmp_path / "cache", tmp_path / "traced.npz"
+    # The first process also trains the same model with the traced step and keeps its final state.
+    first = _run(folder, "compare", traced_state)
     assert (first["saved"], first["loaded"]) == (1, 0)
     entries = os.listdir(folder / "lowered-train-steps")
     assert len(entries) == 1 and entries[0].endswith(".npz")
-    second = _run(folder)
+    second = _run(folder, "load", traced_state)
     assert (second["saved"], second["loaded"]) == (0, 1)  # nothing traced or lowered for the step
     for run in (first, second):
         # The hybrid loss (its variational-bound term goes through erf) and every update: the same numbers.
         assert run["iterations"] == 3
         assert run["ema_differs_from_network"] > 0
-        for name, values in run["traced"].items():
+        for name, values in first["traced"].items():
             assert run["lowered"][name] == pytest.approx(values, rel=1e-5, abs=1e-6), name
         assert run["difference"] < 1e-5  # weights, EMA, optimizer state after 3 SGD steps
 

@@ -40,6 +40,8 @@ from tfdiffusion import compilation_cache
 __all__ = ["LoweredTrainStep", "enabled", "ineligibility"]
 
 _FORMAT = 1
+# Counter steps taken at most to match a first run's function name (~0.3 us each).
+_MAX_COUNTER_GAP = 2_000_000
 # XlaCallModule's serialization version for a module given as text.
 _CALL_MODULE_VERSION = 9
 _TYPES = {"f32": tf.float32, "f16": tf.float16, "bf16": tf.bfloat16, "f64": tf.float64, "i1": tf.bool,
@@ -220,8 +222,9 @@ class LoweredTrainStep:
         # numbered by TensorFlow's process-wide counter. Taking the counter to where the first run traced
         # this wrapper gives it the same name in every run (a first run has lowered the step first).
         start = ops.uid()
-        while start < entry.get("uid", start):
-            start = ops.uid()
+        if 0 < entry.get("uid", start) - start <= _MAX_COUNTER_GAP:
+            while start < entry["uid"]:
+                start = ops.uid()
         self._functions[signature] = runner.get_concrete_function(*flat)
         if entry.get("uid") != start:
             entry["uid"] = start

@@ -174,6 +174,7 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.network.trainable_variables)
         if self._lowered_train_step() is not None:
+            self._xla_per_replica = False  # one device: the whole step is compiled
             if self.train_function is None or force:
                 # Keras' step function stays uncompiled; the lowered step compiles itself.
                 self._jit_compile = False
