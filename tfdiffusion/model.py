@@ -176,14 +176,23 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         if self._lowered_train_step() is not None:
             self._xla_per_replica = False  # one device: the whole step is compiled
             if self.train_function is None or force:
-                # Keras' step function stays uncompiled; the lowered step compiles itself.
-                self._jit_compile = False
-                try:
-                    self.train_function = self._make_function(self.lowered_train_step)
-                finally:
-                    self._jit_compile = True
+                # No graph around the compiled step: tracing one would capture every variable again.
+                self.train_function = self._lowered_train_function
             return self.train_function
         return self._without_whole_step_xla(super().make_train_function, force)
+
+    def _lowered_train_function(self, iterator):
+        """Keras' train function for a lowered step: up to `steps_per_execution` batches, eagerly fetched."""
+        logs = None
+        for _ in range(self.steps_per_execution):
+            try:
+                data = next(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                if logs is None:
+                    raise StopIteration from None
+                break
+            logs = self.lowered_train_step(data)
+        return logs
 
     def load_weights(self, filepath, *args, **kwargs):
         """Loads weights and checks they were trained with this diffusion's T."""
