@@ -122,3 +122,22 @@ def test_only_tfdiffusion_and_keras_code_is_lowered():
     assert "optimizer" in lowered_steps.ineligibility(model)
     model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     assert "not compiled with XLA" in lowered_steps.ineligibility(model)
+
+
+def test_an_unreadable_entry_is_made_anew(monkeypatch):
+    import numpy as np
+    import tensorflow as tf
+
+    monkeypatch.setenv("TFDIFFUSION_LOWERED_STEPS", "1")  # the session's XLA cache folder holds the entries
+    model = _tiny_compiled()
+    step = model._lowered_train_step()
+    spec = (tf.TensorSpec([4, 8, 8, 3], tf.float32), tf.TensorSpec([4], tf.int32))
+    key = lowered_steps._entry_key(model, list(spec))
+    path = os.path.join(step.folder, key + ".npz")
+    os.makedirs(step.folder, exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(b"half an entry")
+    step.prepare(spec)
+    assert step.saved == [key] and step.loaded == []
+    with np.load(path) as saved:  # replaced by a whole entry
+        assert "stablehlo" in json.loads(saved["entry"].tobytes().decode())["module"]

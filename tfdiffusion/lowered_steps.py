@@ -26,6 +26,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from importlib import metadata
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -111,6 +112,14 @@ def _tf_variable(variable) -> tf.Variable:
     return getattr(variable, "value", variable) if not isinstance(variable, tf.Variable) else variable
 
 
+def _variables_by_path(model) -> Dict[str, tf.Variable]:
+    """Path -> `tf.Variable` of every state variable; ValueError if two share a path (no unique map)."""
+    variables = {v.path: _tf_variable(v) for v in _state_variables(model)}
+    if len(variables) != len(_state_variables(model)):
+        raise ValueError("two of the model's variables share a path")
+    return variables
+
+
 def _entry_key(model, data_specs: Sequence[tf.TensorSpec]) -> str:
     import keras
 
@@ -153,6 +162,8 @@ def _signature(text: str) -> Tuple[List[List[int]], List[tf.DType], List[Tuple[i
     results = main[main.index(") -> (") + len(") -> ("):main.rindex(") {")]
     shapes, dtypes = [], []
     for dims, name in re.findall(r"tensor<((?:\d+x)*)(\w+)>", results):
+        if name not in _TYPES:
+            raise ValueError(f"the lowered step returns an element type it cannot map ({name})")
         shapes.append([int(d) for d in dims.split("x") if d])
         dtypes.append(_TYPES[name])
     return shapes, dtypes, aliases
@@ -209,19 +220,17 @@ class LoweredTrainStep:
             return
         key = _entry_key(self.model, flat)
         path = os.path.join(self.folder, key + ".npz")
-        if os.path.exists(path):
-            with np.load(path) as saved:
-                entry = json.loads(saved["entry"].tobytes().decode())
-                constants = {name: saved[name] for name in saved.files if name != "entry"}
+        try:
+            entry, constants, runner = self._read(path, len(flat))
             self.loaded.append(key)
-        else:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # none yet, or unreadable: make it anew
             try:
                 entry, constants = self._lower(element_spec)
+                runner = self._runner(entry, constants, len(flat))
             except ValueError as error:  # a step this module cannot keep: compiled as without lowered steps
                 warnings.warn(f"tfdiffusion: this training step is not kept lowered ({error})", stacklevel=2)
                 return
             self.saved.append(key)
-        runner = self._runner(entry, constants, len(flat))
         # XLA's cache finds a program by its cluster's signature, which holds the traced function's name,
         # numbered by TensorFlow's process-wide counter. Taking the counter to where the first run traced
         # this wrapper gives it the same name in every run (a first run has lowered the step first).
@@ -234,6 +243,15 @@ class LoweredTrainStep:
         if entry.get("uid") != start:
             entry["uid"] = start
             _write_atomically(path, entry, constants)
+
+    def _read(self, path, num_data):
+        """A saved entry, its constants and its wrapper; raises OSError/ValueError/KeyError if unusable."""
+        with np.load(path) as saved:
+            entry = json.loads(saved["entry"].tobytes().decode())
+            constants = {name: saved[name] for name in saved.files if name != "entry"}
+        if entry.get("format") != _FORMAT:
+            raise ValueError("an entry of another format")
+        return entry, constants, self._runner(entry, constants, num_data)
 
     def __call__(self, data):
         function = self._functions.get(self._signature_of(data))
@@ -258,7 +276,7 @@ class LoweredTrainStep:
         outputs = concrete.structured_outputs
         if not isinstance(outputs, dict) or not all(tf.is_tensor(v) for v in outputs.values()):
             raise ValueError("a lowered train step must return a flat dict of tensors")
-        by_handle = {id(_tf_variable(v).handle): v.path for v in _state_variables(self.model)}
+        by_handle = {id(variable.handle): path for path, variable in _variables_by_path(self.model).items()}
         captures, constants = [], {}
         for index, captured in enumerate(concrete.captured_inputs):
             if captured.dtype == tf.resource:
@@ -276,7 +294,11 @@ class LoweredTrainStep:
         return entry, constants
 
     def _runner(self, entry, constants, num_data):
-        variables = {v.path: _tf_variable(v) for v in _state_variables(self.model)}
+        variables = _variables_by_path(self.model)
+        missing = [name for kind, name in entry["captures"]
+                   if (kind == "variable" and name not in variables) or (kind == "constant" and name not in constants)]
+        if missing:
+            raise ValueError(f"the entry names {len(missing)} variables or constants this model lacks")
         shapes, dtypes, aliases = _signature(entry["module"])
         captures, output_names = entry["captures"], entry["outputs"]
         num_outputs = len(output_names)
