@@ -186,13 +186,13 @@ def _write_atomically(path: str, entry: Dict[str, Any], constants: Dict[str, np.
 class LoweredTrainStep:
     """A `DiffusionModel`'s `train_step` that runs as one saved StableHLO module.
 
-    `prepare(element_spec)` (eagerly, before Keras traces the step) loads
-    the entry for the batch signature, or traces, lowers and saves it. The
-    object is then Keras' (uncompiled) step function: called while Keras
-    traces with the batch `data`, it returns the logs of an XLA-compiled
-    function that reads every variable, calls the module and writes the
-    updated values back. A batch signature not prepared (e.g. a relaxed
-    shape) compiles `train_step` itself, as without lowered steps.
+    `prepare(element_spec)` (eagerly, before the first step) loads the entry
+    for the batch signature, or traces, lowers and saves it. Called with a
+    batch `data` (eagerly, by `DiffusionModel`'s train function), the object
+    runs an XLA-compiled function that reads every variable, calls the
+    module and writes the updated values back, and returns the step's logs.
+    A batch signature not prepared (e.g. shapes not fully known) compiles
+    `train_step` itself, as without lowered steps.
 
     Args:
         model: an eligible `DiffusionModel` (see `ineligibility`).

@@ -169,7 +169,9 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         replicas' variables live on other devices), each replica's forward and
         backward pass is compiled with XLA on its own device and the gradient
         reduction, optimizer and EMA run outside it. Under `TPUStrategy`
-        everything is compiled anyway.
+        everything is compiled anyway. With lowered steps on
+        (`enable_compilation_cache(lowered_steps=True)`) and an eligible
+        model, the train function runs `lowered_steps.LoweredTrainStep`.
         """
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.network.trainable_variables)
