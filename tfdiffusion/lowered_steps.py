@@ -20,6 +20,7 @@ from tfdiffusion or Keras, on one CPU device, is eligible: other code is not
 part of that key.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from tensorflow.python.ops import gen_resource_variable_ops
 
 from tfdiffusion import compilation_cache
 
-__all__ = ["LoweredTrainStep", "enabled", "ineligibility"]
+__all__ = ["LoweredStepTraining", "LoweredTrainStep", "enabled", "ineligibility"]
 
 _FORMAT = 2
 # Counter steps taken at most to match a first run's function name (~0.3 us each).
@@ -80,6 +81,7 @@ def ineligibility(model) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _source_digest() -> str:
     """SHA-256 of tfdiffusion's Python source files (their paths and contents)."""
     digest = hashlib.sha256()
@@ -114,8 +116,9 @@ def _tf_variable(variable) -> tf.Variable:
 
 def _variables_by_path(model) -> Dict[str, tf.Variable]:
     """Path -> `tf.Variable` of every state variable; ValueError if two share a path (no unique map)."""
-    variables = {v.path: _tf_variable(v) for v in _state_variables(model)}
-    if len(variables) != len(_state_variables(model)):
+    state = _state_variables(model)
+    variables = {v.path: _tf_variable(v) for v in state}
+    if len(variables) != len(state):
         raise ValueError("two of the model's variables share a path")
     return variables
 
@@ -325,3 +328,50 @@ class LoweredTrainStep:
                 return {name: tf.identity(results[i]) for i, name in enumerate(output_names)}
 
         return tf.function(step, jit_compile=True, autograph=False)
+
+
+class LoweredStepTraining:
+    """Mix-in for `DiffusionModel`: `fit` runs a `LoweredTrainStep` when lowered steps are on and apply.
+
+    It needs the model's `optimizer`, `steps_per_execution`, `train_function`
+    and `_build_optimizer_slots()`.
+    """
+
+    lowered_train_step: Optional[LoweredTrainStep] = None
+
+    def _lowered_train_step(self) -> Optional[LoweredTrainStep]:
+        """The model's `LoweredTrainStep` when lowered steps are on and it is eligible, else None."""
+        if not enabled() or self.optimizer is None or ineligibility(self):
+            return None
+        if self.lowered_train_step is None:
+            self.lowered_train_step = LoweredTrainStep(self)
+        return self.lowered_train_step
+
+    def _prepare_lowered_step(self, dataset: tf.data.Dataset) -> None:
+        """Before `fit` trains on `dataset`: loads or makes the lowered step for its batches (if it applies)."""
+        step = self._lowered_train_step()
+        if step is not None:
+            self._build_optimizer_slots()
+            step.prepare(dataset.element_spec)
+
+    def _use_lowered_train_function(self, force: bool) -> bool:
+        """Makes the lowered step Keras' train function (if it applies); False when it does not."""
+        if self._lowered_train_step() is None:
+            return False
+        if self.train_function is None or force:
+            # No graph around the compiled step: tracing one would capture every variable again.
+            self.train_function = self._lowered_train_function
+        return True
+
+    def _lowered_train_function(self, iterator):
+        """Keras' train function for a lowered step: up to `steps_per_execution` batches, eagerly fetched."""
+        logs = None
+        for _ in range(self.steps_per_execution):
+            try:
+                data = next(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                if logs is None:
+                    raise StopIteration from None
+                break
+            logs = self.lowered_train_step(data)
+        return logs

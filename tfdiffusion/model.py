@@ -40,7 +40,8 @@ def _assertion_errors_as_value_errors():
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
-class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, keras.Model):
+class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTraining, generation.ImageGeneration,
+                     keras.Model):
     """A denoising network trained and sampled with a `GaussianDiffusion`.
 
     `fit` takes a `tf.data.Dataset` of images `[B, H, W, C]` float32 in
@@ -173,28 +174,14 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         (`enable_compilation_cache(lowered_steps=True)`) and an eligible
         model, the train function runs `lowered_steps.LoweredTrainStep`.
         """
-        if self.optimizer is not None and not self.optimizer.built:
-            self.optimizer.build(self.network.trainable_variables)
-        if self._lowered_train_step() is not None:
-            self._xla_per_replica = False  # one device: the whole step is compiled
-            if self.train_function is None or force:
-                # No graph around the compiled step: tracing one would capture every variable again.
-                self.train_function = self._lowered_train_function
+        self._build_optimizer_slots()
+        if self._use_lowered_train_function(force):
             return self.train_function
         return self._without_whole_step_xla(super().make_train_function, force)
 
-    def _lowered_train_function(self, iterator):
-        """Keras' train function for a lowered step: up to `steps_per_execution` batches, eagerly fetched."""
-        logs = None
-        for _ in range(self.steps_per_execution):
-            try:
-                data = next(iterator)
-            except (StopIteration, tf.errors.OutOfRangeError):
-                if logs is None:
-                    raise StopIteration from None
-                break
-            logs = self.lowered_train_step(data)
-        return logs
+    def _build_optimizer_slots(self):
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.network.trainable_variables)
 
     def load_weights(self, filepath, *args, **kwargs):
         """Loads weights and checks they were trained with this diffusion's T."""
@@ -278,23 +265,12 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
                              "one batch with drop_remainder)")
         self._unpack(first)  # eagerly: the value checks raise ValueError/TypeError here
 
-    def _lowered_train_step(self):
-        """The `LoweredTrainStep` when lowered steps are on and this model is eligible, else None."""
-        if not lowered_steps.enabled() or self.optimizer is None or lowered_steps.ineligibility(self):
-            return None
-        if getattr(self, "lowered_train_step", None) is None:
-            self.lowered_train_step = lowered_steps.LoweredTrainStep(self)
-        return self.lowered_train_step
-
     def fit(self, x=None, *args, **kwargs):
         """Keras `fit`, with the data set checked before training and in-graph check failures
         reported as ValueErrors; see `keras.Model.fit`."""
         if isinstance(x, tf.data.Dataset):
             self._check_dataset(x, "the training data")
-            if self._lowered_train_step() is not None:
-                if not self.optimizer.built:
-                    self.optimizer.build(self.network.trainable_variables)
-                self.lowered_train_step.prepare(x.element_spec)
+            self._prepare_lowered_step(x)
         with _assertion_errors_as_value_errors():
             return super().fit(x, *args, **kwargs)
 
@@ -344,8 +320,8 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         images, labels = self._unpack(data)  # checks run here, outside any XLA computation
         seed = self._step_seed(self.optimizer.iterations)
         offset = tfd_random.batch_offset(tf.shape(images)[0])  # training batches split evenly
-        gradients = self._per_replica_compiled("gradients", self._gradients) if getattr(
-            self, "_xla_per_replica", False) else self._gradients
+        gradients = (self._per_replica_compiled("gradients", self._gradients) if self._xla_per_replica
+                     else self._gradients)
         t, losses, grads = gradients(images, labels, seed, offset)
         self.optimizer.apply_gradients(zip(grads, self.network.trainable_variables))
         self.timestep_sampler.update(t, losses["loss"])
@@ -373,8 +349,8 @@ class DiffusionModel(replicas.ReplicaCompiledModel, generation.ImageGeneration, 
         # A last evaluation batch may split unevenly across replicas (the sizes are gathered here,
         # in the replica context, outside any compiled part).
         offset = tfd_random.batch_offset(tf.shape(images)[0], even=False)
-        evaluation = self._per_replica_compiled("evaluation", self._evaluation) if getattr(
-            self, "_xla_per_replica", False) else self._evaluation
+        evaluation = (self._per_replica_compiled("evaluation", self._evaluation) if self._xla_per_replica
+                      else self._evaluation)
         losses, total_bpd = evaluation(images, labels, seed, offset)
         if total_bpd is not None:
             self.bpd_tracker.update_state(total_bpd)

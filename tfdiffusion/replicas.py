@@ -17,6 +17,9 @@ __all__ = ["ReplicaCompiledModel"]
 class ReplicaCompiledModel:
     """Mix-in for a `keras.Model` (list it first): XLA per replica and multi-worker fixes."""
 
+    # Set when a train or test function is made; False until then (and on one device).
+    _xla_per_replica = False
+
     def make_test_function(self, force=False):
         """Keras' test function; under several replicas with XLA, each compiles its own part (as training)."""
         # A new test function (e.g. after `set_bpd_evaluation`) retraces the replicas' parts too.
