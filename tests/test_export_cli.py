@@ -65,4 +65,4 @@ def test_sample_from_saved_model(exported_by_cli, keras_file, tmp_path):
     assert from_keras.returncode == 0, from_keras.stderr[-3000:]
     assert f"Loaded Keras model {keras_file}" in from_keras.stdout
     with np.load(tmp_path / "served.npz") as served, np.load(tmp_path / "keras.npz") as keras_images:
-        np.testing.assert_array_equal(served["images"], keras_images["images"])
+        helpers.assert_same_images(served["images"], keras_images["images"])
