@@ -139,5 +139,10 @@ def test_an_unreadable_entry_is_made_anew(monkeypatch):
         file.write(b"half an entry")
     step.prepare(spec)
     assert step.saved == [key] and step.loaded == []
-    with np.load(path) as saved:  # replaced by a whole entry
-        assert "stablehlo" in json.loads(saved["entry"].tobytes().decode())["module"]
+    from tensorflow.core.framework import function_pb2
+
+    with np.load(path) as saved:  # replaced by a whole entry: its function calls the StableHLO module
+        function = function_pb2.FunctionDef.FromString(saved["function"].tobytes())
+        assert json.loads(saved["entry"].tobytes().decode())["outputs"]
+    modules = [node.attr["module"].s for node in function.node_def if node.op == "XlaCallModule"]
+    assert len(modules) == 1 and b"stablehlo" in modules[0]

@@ -5,11 +5,13 @@ HLO, so every start still traces the Python step into a graph (~8 s at
 ddpm-cifar10 on 2 cores) and lowers the graph to HLO (~5-10 s) before it can
 look the program up. With lowered steps on, the first start of a
 configuration also saves its step as StableHLO
-(`tf.function.experimental_get_compiler_ir`) with the list of variables it
-reads and writes; every start, this one included, runs the step as one
-`XlaCallModule` op between reads and writes of those variables, whose
-program XLA's cache then keeps. A later start of the same configuration
-traces only that small wrapper.
+(`tf.function.experimental_get_compiler_ir`), inside a TensorFlow function
+(a `FunctionDef`) that reads the model's variables, runs the module through
+one `XlaCallModule` op and writes the updated values back. Every start, this
+one included, registers that function under a name made from the entry's
+key and calls it, XLA-compiled, by that name: a later start traces nothing,
+and XLA's cache, which knows a program by the function's name and its
+lowered HLO, finds the program the first start compiled.
 
 An entry is found by everything its step depends on: tfdiffusion's source,
 the TensorFlow, Keras and TensorFlow Probability versions, the model's and
@@ -29,21 +31,23 @@ import tempfile
 import warnings
 import zipfile
 from importlib import metadata
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
-from tensorflow.python.framework import ops
+from tensorflow.core.framework import function_pb2
+from tensorflow.python.eager import context
 from tensorflow.python.ops import gen_resource_variable_ops
 
 from tfdiffusion import compilation_cache
 
 __all__ = ["LoweredStepTraining", "LoweredTrainStep", "enabled", "ineligibility"]
 
-_FORMAT = 2
-# Counter steps taken at most to match a first run's function name (~0.3 us each).
-_MAX_COUNTER_GAP = 2_000_000
+_FORMAT = 3
+# The registered function's name: the same in every run, so XLA's cache finds its program.
+_FUNCTION_PREFIX = "tfdiffusion_lowered_train_step_"
 # XlaCallModule's serialization version for a module given as text.
 _CALL_MODULE_VERSION = 9
 _TYPES = {"f32": tf.float32, "f16": tf.float16, "bf16": tf.bfloat16, "f64": tf.float64, "i1": tf.bool,
@@ -172,13 +176,14 @@ def _signature(text: str) -> Tuple[List[List[int]], List[tf.DType], List[Tuple[i
     return shapes, dtypes, aliases
 
 
-def _write_atomically(path: str, entry: Dict[str, Any], constants: Dict[str, np.ndarray]) -> None:
+def _write_atomically(path: str, entry: Dict[str, Any], function_def: function_pb2.FunctionDef) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, entry=np.frombuffer(json.dumps(entry).encode(), np.uint8), **constants)
+            np.savez(file, entry=np.frombuffer(json.dumps(entry).encode(), np.uint8),
+                     function=np.frombuffer(function_def.SerializeToString(), np.uint8))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -190,12 +195,16 @@ class LoweredTrainStep:
     """A `DiffusionModel`'s `train_step` that runs as one saved StableHLO module.
 
     `prepare(element_spec)` (eagerly, before the first step) loads the entry
-    for the batch signature, or traces, lowers and saves it. Called with a
-    batch `data` (eagerly, by `DiffusionModel`'s train function), the object
-    runs an XLA-compiled function that reads every variable, calls the
-    module and writes the updated values back, and returns the step's logs.
-    A batch signature not prepared (e.g. shapes not fully known) compiles
-    `train_step` itself, as without lowered steps.
+    for the batch signature, or traces, lowers and saves it. An entry holds
+    a TensorFlow function (a `FunctionDef`, XLA-compiled) that reads every
+    variable, calls the module and writes the updated values back; it is
+    registered with TensorFlow under a name made from the entry's key and
+    called by that name, so a later start neither traces it nor finds its
+    compiled program under another name. Called with a batch `data`
+    (eagerly, by `DiffusionModel`'s train function), the object runs that
+    function and returns the step's logs. A batch signature not prepared
+    (e.g. shapes not fully known) compiles `train_step` itself, as without
+    lowered steps.
 
     Args:
         model: an eligible `DiffusionModel` (see `ineligibility`).
@@ -204,8 +213,7 @@ class LoweredTrainStep:
     def __init__(self, model):
         self.model = model
         self.folder = compilation_cache.lowered_steps_directory()
-        self._functions: Dict[Tuple, Any] = {}
-        self.runners: Dict[Tuple, Any] = {}  # batch signature -> the XLA-compiled wrapper (a tf.function)
+        self._calls: Dict[Tuple, Callable] = {}  # batch signature -> the registered function's caller
         self._fallback = None
         self.loaded: List[str] = []  # keys read from disk
         self.saved: List[str] = []  # keys lowered and saved by this process
@@ -219,53 +227,46 @@ class LoweredTrainStep:
         """Loads or makes the entry for batches of `element_spec` (a `tf.data` element spec); eager."""
         signature = self._signature_of(element_spec)
         flat = [x for x in tf.nest.flatten(element_spec) if x is not None]
-        if signature in self._functions or not all(spec.shape.is_fully_defined() for spec in flat):
+        if signature in self._calls or not all(spec.shape.is_fully_defined() for spec in flat):
             return
         key = _entry_key(self.model, flat)
         path = os.path.join(self.folder, key + ".npz")
         try:
-            entry, constants, runner = self._read(path, len(flat))
+            entry, function_def = self._read(path)
+            call = self._caller(entry, function_def)
             self.loaded.append(key)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # none yet, or unreadable: make it anew
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, message.DecodeError):
+            # None yet, or unreadable: made anew.
             try:
-                entry, constants = self._lower(element_spec)
-                runner = self._runner(entry, constants, len(flat))
+                entry, function_def = self._make(element_spec, key)
             except ValueError as error:  # a step this module cannot keep: compiled as without lowered steps
                 warnings.warn(f"tfdiffusion: this training step is not kept lowered ({error})", stacklevel=2)
                 return
+            call = self._caller(entry, function_def)
+            _write_atomically(path, entry, function_def)
             self.saved.append(key)
-        # XLA's cache finds a program by its cluster's signature, which holds the traced function's name,
-        # numbered by TensorFlow's process-wide counter. Taking the counter to where the first run traced
-        # this wrapper gives it the same name in every run (a first run has lowered the step first).
-        start = ops.uid()
-        if 0 < entry.get("uid", start) - start <= _MAX_COUNTER_GAP:
-            while start < entry["uid"]:
-                start = ops.uid()
-        self.runners[signature] = runner
-        self._functions[signature] = runner.get_concrete_function(*flat)
-        if entry.get("uid") != start:
-            entry["uid"] = start
-            _write_atomically(path, entry, constants)
+        self._calls[signature] = call
 
-    def _read(self, path, num_data):
-        """A saved entry, its constants and its wrapper; raises OSError/ValueError/KeyError if unusable."""
+    @staticmethod
+    def _read(path):
+        """A saved entry and its function; raises OSError/ValueError/KeyError/DecodeError if unusable."""
         with np.load(path) as saved:
             entry = json.loads(saved["entry"].tobytes().decode())
-            constants = {name: saved[name] for name in saved.files if name != "entry"}
+            function_def = function_pb2.FunctionDef.FromString(saved["function"].tobytes())
         if entry.get("format") != _FORMAT:
             raise ValueError("an entry of another format")
-        return entry, constants, self._runner(entry, constants, num_data)
+        return entry, function_def
 
     def __call__(self, data):
-        function = self._functions.get(self._signature_of(data))
-        if function is None:
+        call = self._calls.get(self._signature_of(data))
+        if call is None:
             if self._fallback is None:
                 self._fallback = tf.function(self.model.train_step, jit_compile=True, autograph=False)
             return self._fallback(data)
-        return function(*[x for x in tf.nest.flatten(data) if x is not None])  # the concrete function: no retrace
+        return call(*[x for x in tf.nest.flatten(data) if x is not None])
 
-    def _lower(self, structure):
-        """Traces and lowers `train_step` for the batch `structure`: the entry (module, captures, outputs)."""
+    def _make(self, structure, key):
+        """Traces and lowers `train_step` for the batch `structure`, then the function around the module."""
         leaves = tf.nest.flatten(structure)
         specs = [tf.TensorSpec(leaf.shape, leaf.dtype) for leaf in leaves if leaf is not None]
 
@@ -280,54 +281,75 @@ class LoweredTrainStep:
         if not isinstance(outputs, dict) or not all(tf.is_tensor(v) for v in outputs.values()):
             raise ValueError("a lowered train step must return a flat dict of tensors")
         by_handle = {id(variable.handle): path for path, variable in _variables_by_path(self.model).items()}
-        captures, constants = [], {}
-        for index, captured in enumerate(concrete.captured_inputs):
+        captures = []
+        for captured in concrete.captured_inputs:
             if captured.dtype == tf.resource:
                 if id(captured) not in by_handle:
                     raise ValueError("the train step reads a variable the model does not list")
-                captures.append(["variable", by_handle[id(captured)]])
+                captures.append(by_handle[id(captured)])
             else:
-                name = f"constant_{index}"
-                constants[name] = captured.numpy()
-                captures.append(["constant", name])
-        text = _runnable_text(traced.experimental_get_compiler_ir(*specs)(stage="stablehlo"))
-        if text is None:
+                captures.append(captured.numpy())
+        module = _runnable_text(traced.experimental_get_compiler_ir(*specs)(stage="stablehlo"))
+        if module is None:
             raise ValueError("the lowered step holds MHLO ops XlaCallModule cannot read")
-        entry = dict(format=_FORMAT, module=text, captures=captures, outputs=sorted(outputs))
-        return entry, constants
+        return self._around_module(module, captures, sorted(outputs), specs, key)
 
-    def _runner(self, entry, constants, num_data):
+    def _around_module(self, module, captures, output_names, specs, key):
+        """The entry and the XLA-compiled function that reads the variables, calls `module` and writes them back.
+
+        `captures` lists the module's inputs after the batch: a variable's path or a constant's value.
+        """
         variables = _variables_by_path(self.model)
-        missing = [name for kind, name in entry["captures"]
-                   if (kind == "variable" and name not in variables) or (kind == "constant" and name not in constants)]
-        if missing:
-            raise ValueError(f"the entry names {len(missing)} variables or constants this model lacks")
-        shapes, dtypes, aliases = _signature(entry["module"])
-        captures, output_names = entry["captures"], entry["outputs"]
-        num_outputs = len(output_names)
-        updated = sorted(output for _, output in aliases)
-        if updated != list(range(num_outputs, len(shapes))):
+        shapes, dtypes, aliases = _signature(module)
+        num_data, num_outputs = len(specs), len(output_names)
+        if sorted(output for _, output in aliases) != list(range(num_outputs, len(shapes))):
             raise ValueError("the lowered step's outputs are not its logs followed by variable updates")
-        module = entry["module"].encode()
+        encoded = module.encode()
 
         def step(*batch):
             # Raw read and assign ops: a thousand variables' Python wrappers would take seconds to trace.
             args = list(batch)
-            for kind, name in captures:
-                if kind == "variable":
-                    args.append(gen_resource_variable_ops.read_variable_op(variables[name].handle,
-                                                                           variables[name].dtype))
-                else:
-                    args.append(tf.constant(constants[name]))
-            results = gen_xla_ops.xla_call_module(args, version=_CALL_MODULE_VERSION, module=module,
+            for capture in captures:
+                args.append(gen_resource_variable_ops.read_variable_op(variables[capture].handle,
+                                                                       variables[capture].dtype)
+                            if isinstance(capture, str) else tf.constant(capture))
+            results = gen_xla_ops.xla_call_module(args, version=_CALL_MODULE_VERSION, module=encoded,
                                                   Sout=shapes, Tout=dtypes, platforms=["CPU"])
             writes = [gen_resource_variable_ops.assign_variable_op(
-                variables[captures[parameter - num_data][1]].handle, results[output])
-                for parameter, output in aliases]
+                variables[captures[parameter - num_data]].handle, results[output]) for parameter, output in aliases]
             with tf.control_dependencies(writes):
                 return {name: tf.identity(results[i]) for i, name in enumerate(output_names)}
 
-        return tf.function(step, jit_compile=True, autograph=False)
+        concrete = tf.function(step, jit_compile=True, autograph=False).get_concrete_function(*specs)
+        by_handle = {id(variable.handle): path for path, variable in variables.items()}
+        inputs = [by_handle[id(handle)] for handle in concrete.captured_inputs]
+        function_def = function_pb2.FunctionDef()
+        function_def.CopyFrom(concrete.function_def)
+        function_def.signature.name = _FUNCTION_PREFIX + key
+        entry = dict(format=_FORMAT, variables=inputs, outputs=output_names)
+        return entry, function_def
+
+    def _caller(self, entry, function_def):
+        """Registers `function_def` with TensorFlow (once per process) and returns `call(*batch) -> logs`."""
+        variables = _variables_by_path(self.model)
+        missing = [path for path in entry["variables"] if path not in variables]
+        if missing:
+            raise ValueError(f"the entry names {len(missing)} variables this model lacks")
+        handles = [variables[path].handle for path in entry["variables"]]
+        names = entry["outputs"]
+        if (len(function_def.signature.output_arg) != len(names) or len(function_def.signature.input_arg) < len(handles)
+                or not function_def.attr["_XlaMustCompile"].b):
+            raise ValueError("the entry's function does not match its description")
+        context_ = context.context()
+        name = function_def.signature.name
+        if not context_.has_function(name):
+            context_.add_function_def(function_def)
+        encoded = name.encode()
+
+        def call(*batch):
+            return dict(zip(names, context_.call_function(encoded, [*batch, *handles], len(names))))
+
+        return call
 
 
 class LoweredStepTraining:
