@@ -235,8 +235,8 @@ class LoweredTrainStep:
             entry, function_def = self._read(path)
             call = self._caller(entry, function_def)
             self.loaded.append(key)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, message.DecodeError):
-            # None yet, or unreadable: made anew.
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, message.DecodeError, tf.errors.OpError):
+            # None yet, or unreadable (TensorFlow refuses its function): made anew.
             try:
                 entry, function_def = self._make(element_spec, key)
             except ValueError as error:  # a step this module cannot keep: compiled as without lowered steps
