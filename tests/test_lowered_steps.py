@@ -146,3 +146,4 @@ def test_an_unreadable_entry_is_made_anew(monkeypatch):
         assert json.loads(saved["entry"].tobytes().decode())["outputs"]
     modules = [node.attr["module"].s for node in function.node_def if node.op == "XlaCallModule"]
     assert len(modules) == 1 and b"stablehlo" in modules[0]
+    assert function.signature.name.endswith(key)  # the same name in every run: XLA's cache finds the program

@@ -233,7 +233,7 @@ class LoweredTrainStep:
         path = os.path.join(self.folder, key + ".npz")
         try:
             entry, function_def = self._read(path)
-            call = self._caller(entry, function_def)
+            call = self._caller(entry, function_def, len(flat))
             self.loaded.append(key)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, message.DecodeError, tf.errors.OpError):
             # None yet, or unreadable (TensorFlow refuses its function): made anew.
@@ -242,7 +242,7 @@ class LoweredTrainStep:
             except ValueError as error:  # a step this module cannot keep: compiled as without lowered steps
                 warnings.warn(f"tfdiffusion: this training step is not kept lowered ({error})", stacklevel=2)
                 return
-            call = self._caller(entry, function_def)
+            call = self._caller(entry, function_def, len(flat))
             _write_atomically(path, entry, function_def)
             self.saved.append(key)
         self._calls[signature] = call
@@ -280,7 +280,8 @@ class LoweredTrainStep:
         outputs = concrete.structured_outputs
         if not isinstance(outputs, dict) or not all(tf.is_tensor(v) for v in outputs.values()):
             raise ValueError("a lowered train step must return a flat dict of tensors")
-        by_handle = {id(variable.handle): path for path, variable in _variables_by_path(self.model).items()}
+        variables = _variables_by_path(self.model)
+        by_handle = {id(variable.handle): path for path, variable in variables.items()}
         captures = []
         for captured in concrete.captured_inputs:
             if captured.dtype == tf.resource:
@@ -292,14 +293,14 @@ class LoweredTrainStep:
         module = _runnable_text(traced.experimental_get_compiler_ir(*specs)(stage="stablehlo"))
         if module is None:
             raise ValueError("the lowered step holds MHLO ops XlaCallModule cannot read")
-        return self._around_module(module, captures, sorted(outputs), specs, key)
+        return self._around_module(module, captures, sorted(outputs), specs, key, variables, by_handle)
 
-    def _around_module(self, module, captures, output_names, specs, key):
+    def _around_module(self, module, captures, output_names, specs, key, variables, by_handle):
         """The entry and the XLA-compiled function that reads the variables, calls `module` and writes them back.
 
-        `captures` lists the module's inputs after the batch: a variable's path or a constant's value.
+        `captures` lists the module's inputs after the batch: a variable's path or a constant's value;
+        `variables` maps paths to the model's variables and `by_handle` their handles' ids to paths.
         """
-        variables = _variables_by_path(self.model)
         shapes, dtypes, aliases = _signature(module)
         num_data, num_outputs = len(specs), len(output_names)
         if sorted(output for _, output in aliases) != list(range(num_outputs, len(shapes))):
@@ -321,7 +322,6 @@ class LoweredTrainStep:
                 return {name: tf.identity(results[i]) for i, name in enumerate(output_names)}
 
         concrete = tf.function(step, jit_compile=True, autograph=False).get_concrete_function(*specs)
-        by_handle = {id(variable.handle): path for path, variable in variables.items()}
         inputs = [by_handle[id(handle)] for handle in concrete.captured_inputs]
         function_def = function_pb2.FunctionDef()
         function_def.CopyFrom(concrete.function_def)
@@ -329,7 +329,7 @@ class LoweredTrainStep:
         entry = dict(format=_FORMAT, variables=inputs, outputs=output_names)
         return entry, function_def
 
-    def _caller(self, entry, function_def):
+    def _caller(self, entry, function_def, num_data):
         """Registers `function_def` with TensorFlow (once per process) and returns `call(*batch) -> logs`."""
         variables = _variables_by_path(self.model)
         missing = [path for path in entry["variables"] if path not in variables]
@@ -337,7 +337,8 @@ class LoweredTrainStep:
             raise ValueError(f"the entry names {len(missing)} variables this model lacks")
         handles = [variables[path].handle for path in entry["variables"]]
         names = entry["outputs"]
-        if (len(function_def.signature.output_arg) != len(names) or len(function_def.signature.input_arg) < len(handles)
+        if (len(function_def.signature.output_arg) != len(names)
+                or len(function_def.signature.input_arg) != num_data + len(handles)
                 or not function_def.attr["_XlaMustCompile"].b):
             raise ValueError("the entry's function does not match its description")
         context_ = context.context()
