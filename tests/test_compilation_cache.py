@@ -156,3 +156,27 @@ def test_onednn_kernels_on_when_tfdiffusion_comes_first():
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     assert run({}) == ("True" if x86 else run({"TF_ENABLE_ONEDNN_OPTS": ""}))
     assert run({"TF_ENABLE_ONEDNN_OPTS": "0"}) == "False"  # the user's choice stands
+
+
+def test_low_memory_xla_scheduler_is_set_and_accepted_by_xla():
+    from tfdiffusion.runtime_defaults import LOW_MEMORY_SCHEDULER_FLAG
+
+    # Imports tfdiffusion, then compiles and runs an XLA program: XLA aborts on a flag it does not know.
+    code = ("import os, tfdiffusion, tensorflow as tf\n"
+            "f = tf.function(lambda x: 2.0 * x + 1.0, jit_compile=True)\n"
+            "print(float(f(tf.constant(3.0))))\nprint(os.environ.get('XLA_FLAGS', ''))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def run(extra):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                              env={**env, **extra}, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        value, flags = done.stdout.splitlines()[-2:]
+        assert float(value) == 7.0
+        return flags
+
+    assert run({}) == LOW_MEMORY_SCHEDULER_FLAG
+    other = "--xla_cpu_enable_fast_math=false"
+    assert run({"XLA_FLAGS": other}) == f"{other} {LOW_MEMORY_SCHEDULER_FLAG}"
+    mine = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    assert run({"XLA_FLAGS": mine}) == mine  # the user's choice stands

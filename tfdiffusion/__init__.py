@@ -1,16 +1,13 @@
 """tfdiffusion: denoising diffusion models for TensorFlow and Keras."""
 
 import os as _os
-import platform as _platform
 import sys as _sys
 
-# TensorFlow's oneDNN kernels, also used by XLA's CPU backend, are off by default on x86 CPUs
-# without AVX-512; on an AVX2 machine they train 8-20% faster under XLA (benchmarks/README.md,
-# compare_diffusers.py). TensorFlow reads the switch once, when it is imported: this takes effect
-# when tfdiffusion is imported first (as the `tfdiffusion` command does); TF_ENABLE_ONEDNN_OPTS=0
-# keeps them off.
-if "tensorflow" not in _sys.modules and _platform.machine().lower() in ("x86_64", "amd64"):
-    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# Before TensorFlow is imported: oneDNN kernels on x86 and XLA's low-memory CPU
+# scheduler, unless the environment says otherwise (see tfdiffusion.runtime_defaults).
+from tfdiffusion.runtime_defaults import apply_runtime_defaults as _apply_runtime_defaults
+
+_apply_runtime_defaults()
 
 # The `tfdiffusion` command hides TensorFlow's native start-up chatter, which is
 # printed while TensorFlow is imported (below): see `tfdiffusion.console`.
