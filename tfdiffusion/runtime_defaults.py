@@ -17,7 +17,8 @@ __all__ = ["apply_runtime_defaults", "LOW_MEMORY_SCHEDULER_FLAG"]
 # once. On the 2-core AVX2 machine of benchmarks/README.md the second order
 # cuts the temporary memory of ddpm-cifar10's training step (batch 8) from
 # 574 to 418 MiB and a training process's peak resident memory by 100-220 MB
-# (mnist-small, ddpm-cifar10, rgb-64) at the same step and sampling times.
+# (mnist-small, ddpm-cifar10, rgb-64) at the same step and sampling times;
+# XLA takes longer to compile a large step with it (2-20 s at ddpm-cifar10).
 LOW_MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 # XLA aborts the process on a flag it does not know, so the flag is only set
@@ -26,12 +27,14 @@ _SCHEDULER_FLAG_RELEASES = ((2, 21),)
 
 
 def _tensorflow_release():
-    """(major, minor) of the installed `tensorflow` distribution, or None if unknown."""
-    try:
-        major, minor = metadata.version("tensorflow").split(".")[:2]
-        return int(major), int(minor)
-    except (metadata.PackageNotFoundError, ValueError):
-        return None
+    """(major, minor) of the installed TensorFlow distribution, or None if unknown."""
+    for distribution in ("tensorflow", "tensorflow-cpu"):
+        try:
+            major, minor = metadata.version(distribution).split(".")[:2]
+            return int(major), int(minor)
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+    return None
 
 
 def apply_runtime_defaults():
