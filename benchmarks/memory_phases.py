@@ -29,6 +29,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +46,7 @@ _ALLOCATION = re.compile(r"^allocation \d+: size (\d+), (.*)$", re.MULTILINE)
 
 
 def xla_memory_plan(dump_dir):
-    """The largest compiled program's buffer plan from XLA's dump, in MiB (None if XLA wrote none)."""
+    """The largest compiled program's buffer plan from XLA's dump, in MiB (None if XLA wrote none); removes the dump."""
     plans = []
     for path in glob.glob(os.path.join(dump_dir, "*buffer-assignment.txt")):
         with open(path) as f:
@@ -60,6 +61,7 @@ def xla_memory_plan(dump_dir):
                           parameters_mib=round(parameters / 2**20, 1),
                           temporary_mib=round(temporary / 2**20, 1),
                           total_mib=round((parameters + temporary) / 2**20, 1)))
+    shutil.rmtree(dump_dir, ignore_errors=True)  # the dump holds every program's HLO and LLVM IR
     return max(plans, key=lambda plan: plan["total_mib"]) if plans else None
 
 
