@@ -180,3 +180,19 @@ def test_low_memory_xla_scheduler_is_set_and_accepted_by_xla():
     assert run({"XLA_FLAGS": other}) == f"{other} {LOW_MEMORY_SCHEDULER_FLAG}"
     mine = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
     assert run({"XLA_FLAGS": mine}) == mine  # the user's choice stands
+
+
+def test_low_memory_xla_scheduler_is_left_out_for_tensorflow_releases_not_known_to_have_it(monkeypatch):
+    from tfdiffusion import runtime_defaults
+
+    # XLA aborts a process on a flag it does not know: a release whose XLA may lack it gets nothing.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    monkeypatch.setattr(runtime_defaults, "_tensorflow_release", lambda: (2, 99))
+    runtime_defaults.apply_runtime_defaults()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    monkeypatch.setattr(runtime_defaults, "_tensorflow_release", lambda: None)  # release unknown
+    runtime_defaults.apply_runtime_defaults()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    monkeypatch.setattr(runtime_defaults, "_tensorflow_release", lambda: (2, 21))
+    runtime_defaults.apply_runtime_defaults()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false " + runtime_defaults.LOW_MEMORY_SCHEDULER_FLAG
