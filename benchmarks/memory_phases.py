@@ -1,7 +1,7 @@
 """Where a tfdiffusion training process's memory goes: resident memory after each phase.
 
     python benchmarks/memory_phases.py --config ddpm-cifar10 [--cache-dir DIR] [--lowered-steps]
-        [--xla-buffers] [--no-jit-compile]
+        [--xla-buffers] [--no-jit-compile] [--gradient-checkpointing]
 
 Builds `compare_diffusers.py`'s configuration as that benchmark's TensorFlow
 worker does (`unet_from_config`, `DiffusionModel` with EMA, `FusedAdamW`,
@@ -20,7 +20,9 @@ and reports the compiled training step's memory plan in MiB: the variables
 it reads and updates in place (parameters), its one temporary buffer
 (activations kept for the backward pass, gradients, scratch) and their sum.
 XLA writes the plan only when it compiles, so use it with an empty cache.
-Prints JSON.
+`--gradient-checkpointing` builds the UNet with that option (each ResBlock's
+activations recomputed in the backward pass). The three later steps' times
+are in `step_seconds`. Prints JSON.
 """
 
 import argparse
@@ -75,6 +77,8 @@ def main(argv=None):
     parser.add_argument("--xla-buffers", action="store_true",
                         help="report XLA's buffer plan of the compiled step (needs an empty cache)")
     parser.add_argument("--no-jit-compile", action="store_true", help="graph mode instead of XLA")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute the ResBlocks' activations in the backward pass (UNet option)")
     args = parser.parse_args(argv)
     jit = not args.no_jit_compile
     if args.lowered_steps and not jit:
@@ -104,7 +108,7 @@ def main(argv=None):
     record("import")
     config = CONFIGS[args.config]
     keras.utils.set_random_seed(0)
-    unet = unet_from_config(config["unet"])
+    unet = unet_from_config(config["unet"], gradient_checkpointing=args.gradient_checkpointing)
     model = tfdiff.DiffusionModel(
         unet, tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("linear", 1000)), ema_decay=0.9999)
     model.compile(optimizer=tfdiff.FusedAdamW(2e-4, weight_decay=0.0), jit_compile=jit)
@@ -131,10 +135,16 @@ def main(argv=None):
     record("first call")
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     record("malloc_trim")
-    train(3)
+    step_seconds = []
+    for _ in range(3):
+        begin = time.perf_counter()
+        train(1)
+        step_seconds.append(time.perf_counter() - begin)
     record("three more steps")
     print(json.dumps(dict(benchmark="memory_phases", config=args.config, batch=config["batch"],
                           jit_compile=jit, lowered_steps=args.lowered_steps,
+                          gradient_checkpointing=args.gradient_checkpointing,
+                          step_seconds=[round(v, 3) for v in step_seconds],
                           xla_flags=os.environ.get("XLA_FLAGS", ""),
                           onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
                           params=int(unet.count_params()), phases=phases,

@@ -1,7 +1,9 @@
 """`ResBlock`: the DDPM/ADM residual block with a timestep-embedding input."""
 
 import keras
+import tensorflow as tf
 
+from tfdiffusion.nn.checkpointing import recompute_in_backward
 from tfdiffusion.nn.normalization import check_num_groups
 from tfdiffusion.nn.normalization import GROUP_NORM_EPSILON
 from tfdiffusion.nn.normalization import GroupNorm
@@ -24,6 +26,13 @@ class ResBlock(keras.layers.Layer):
     computes `skip(x)`. With `output_scale_factor` s the output is
     `(skip(x) + h) / s` (diffusers' `output_scale_factor`; 1 by default).
 
+    With `gradient_checkpointing` a training call keeps only the block's
+    inputs for the backward pass and recomputes the rest there
+    (`recompute_in_backward`): less memory, one more forward pass of the
+    block per step. Dropout then draws its mask from a seed taken from the
+    dropout layer's generator before the block runs, so the recomputation
+    sees the same mask; the masks are the ones the layer itself would draw.
+
     Args:
         out_channels: Output channel count.
         dropout: Dropout rate before the second convolution, in [0, 1).
@@ -32,6 +41,11 @@ class ResBlock(keras.layers.Layer):
         use_scale_shift_norm: Condition through a scale and shift of the
             second GroupNorm's output (ADM) rather than by adding the
             embedding after the first convolution (DDPM).
+        epsilon: GroupNorm's epsilon.
+        output_scale_factor: Divides the output (diffusers' mid-block
+            scale), > 0.
+        gradient_checkpointing: Recompute the block's activations in the
+            backward pass instead of keeping them (training calls only).
         **kwargs: Passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -48,12 +62,14 @@ class ResBlock(keras.layers.Layer):
     """
 
     def __init__(self, out_channels, dropout=0.0, num_groups=32, use_scale_shift_norm=False,
-                 epsilon=GROUP_NORM_EPSILON, output_scale_factor=1.0, **kwargs):
+                 epsilon=GROUP_NORM_EPSILON, output_scale_factor=1.0, gradient_checkpointing=False,
+                 **kwargs):
         super().__init__(**kwargs)
         out_channels = check_int("out_channels", out_channels)
         dropout = check_number("dropout", dropout, 0.0, 1.0, max_inclusive=False)
         check_num_groups(num_groups, out_channels)
         check_bool("use_scale_shift_norm", use_scale_shift_norm)
+        self.gradient_checkpointing = check_bool("gradient_checkpointing", gradient_checkpointing)
         self.use_scale_shift_norm = use_scale_shift_norm
         self.epsilon = check_number("epsilon", epsilon, 0.0, min_inclusive=False)
         self.output_scale_factor = check_number(
@@ -101,6 +117,24 @@ class ResBlock(keras.layers.Layer):
             self.skip.build(x_shape)
 
     def call(self, x, emb, training=None):
+        if not (training and self.gradient_checkpointing):
+            return self._residual(x, emb, training=training)
+        if self.dropout > 0:
+            # Drawn outside the recomputed part (which must be deterministic); the
+            # same seed the dropout layer would draw for itself.
+            seed = self.dropout_layer.seed_generator.next()
+            return recompute_in_backward(
+                lambda x, emb, seed: self._residual(x, emb, training=True, dropout_seed=seed), x, emb, seed)
+        return recompute_in_backward(lambda x, emb: self._residual(x, emb, training=True), x, emb)
+
+    def _dropout(self, h, training, seed):
+        if seed is None:
+            return self.dropout_layer(h, training=training)
+        # keras' TensorFlow backend folds its int64 seed state into int32 this way.
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        return tf.nn.experimental.stateless_dropout(h, rate=self.dropout, seed=seed)
+
+    def _residual(self, x, emb, training=None, dropout_seed=None):
         silu = keras.activations.silu
         h = self.conv_1(silu(self.norm_1(x)))
         conditioning = self.emb_proj(silu(emb))[:, None, None, :]
@@ -109,7 +143,7 @@ class ResBlock(keras.layers.Layer):
             h = self.norm_2(h) * (1.0 + scale) + shift
         else:
             h = self.norm_2(h + conditioning)
-        h = self.dropout_layer(silu(h), training=training)
+        h = self._dropout(silu(h), training, dropout_seed)
         h = self.conv_2(h)
         skip = x if self.skip is None else self.skip(x)
         if self.output_scale_factor != 1.0:
@@ -129,6 +163,7 @@ class ResBlock(keras.layers.Layer):
                 "use_scale_shift_norm": self.use_scale_shift_norm,
                 "epsilon": self.epsilon,
                 "output_scale_factor": self.output_scale_factor,
+                "gradient_checkpointing": self.gradient_checkpointing,
             }
         )
         return config

@@ -93,6 +93,12 @@ class UNet(InferenceMemory, keras.Model):
             (diffusers' `mid_block_scale_factor`).
         center_input: Map the input x to `2 * x - 1` first (diffusers'
             `center_input_sample`, for images given in [0, 1]).
+        gradient_checkpointing: Recompute each ResBlock's activations in
+            the backward pass instead of keeping them (diffusers'
+            `enable_gradient_checkpointing`): a training step holds less
+            memory and does about one more forward pass of the ResBlocks.
+            Gradients are unchanged (same dropout masks). Sampling and
+            evaluation are not affected.
         **kwargs: Passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -139,6 +145,7 @@ class UNet(InferenceMemory, keras.Model):
         middle_attention_norm=True,
         middle_scale_factor=1.0,
         center_input=False,
+        gradient_checkpointing=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -147,6 +154,7 @@ class UNet(InferenceMemory, keras.Model):
         check_bool("middle_attention", middle_attention)
         check_bool("middle_attention_norm", middle_attention_norm)
         check_bool("center_input", center_input)
+        check_bool("gradient_checkpointing", gradient_checkpointing)
         norm_eps = check_number("norm_eps", norm_eps, 0.0, min_inclusive=False)
         middle_scale_factor = check_number(
             "middle_scale_factor", middle_scale_factor, 0.0,
@@ -197,6 +205,7 @@ class UNet(InferenceMemory, keras.Model):
         self.middle_attention_norm = middle_attention_norm
         self.middle_scale_factor = middle_scale_factor
         self.center_input = center_input
+        self.gradient_checkpointing = gradient_checkpointing
         self.out_channels = in_channels * (2 if learn_sigma else 1)
 
         dtype = self.dtype_policy
@@ -205,7 +214,7 @@ class UNet(InferenceMemory, keras.Model):
         def res_block(channels, name, scale=1.0):
             return ResBlock(
                 channels, dropout, num_groups, use_scale_shift_norm, norm_eps,
-                scale, dtype=dtype, name=name
+                scale, gradient_checkpointing=gradient_checkpointing, dtype=dtype, name=name
             )
 
         def attention(channels, name, use_norm=True, scale=1.0):
@@ -418,6 +427,7 @@ class UNet(InferenceMemory, keras.Model):
                 "middle_attention_norm": self.middle_attention_norm,
                 "middle_scale_factor": self.middle_scale_factor,
                 "center_input": self.center_input,
+                "gradient_checkpointing": self.gradient_checkpointing,
             }
         )
         return config
