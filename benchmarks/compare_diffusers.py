@@ -6,6 +6,7 @@ Usage (from the repo root; PyTorch and diffusers may live in another venv):
         --output benchmarks/results/compare.json
     python benchmarks/compare_diffusers.py --configs mnist-small --rounds 3 --quick
     python benchmarks/compare_diffusers.py --sweep      # batch 1..64 and image size 32..128
+    python benchmarks/compare_diffusers.py --gradient-checkpointing --no-sample   # both sides recompute
 
 Every configuration is a diffusers `UNet2DModel` config; tfdiffusion builds
 the same architecture from it (`tfdiffusion.convert.unet_from_config`, the
@@ -95,10 +96,12 @@ def median(values):
 class Worker:
     """A `compare_worker.py` process answering one JSON line per command."""
 
-    def __init__(self, name, python, framework, config, batch, mode, threads, env=None, torch_compile=False):
+    def __init__(self, name, python, framework, config, batch, mode, threads, env=None, torch_compile=False,
+                 gradient_checkpointing=False):
         self.name = name
         command = [python, WORKER, framework, "--config", json.dumps(config), "--batch", str(batch),
                    "--mode", mode, "--threads", str(threads)] + (["--torch-compile"] if torch_compile else [])
+        command += ["--gradient-checkpointing"] if gradient_checkpointing else []
         log(f"starting {name}")
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})
@@ -140,7 +143,8 @@ def bench_config(name, settings, args, cache_dir):
     """Starts the workers of one configuration, interleaves their rounds, returns the results."""
     batch, config = settings["batch"], settings["unet"]
     env = {"TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={cache_dir}"}
-    common = dict(config=config, batch=batch, threads=args.threads)
+    common = dict(config=config, batch=batch, threads=args.threads,
+                  gradient_checkpointing=args.gradient_checkpointing)
     result = {"batch": batch, "unet_config": config}
     trainers = []
     try:
@@ -271,6 +275,9 @@ def parse_args(argv=None):
     parser.add_argument("--sample-steps", type=_positive_int, default=10)
     parser.add_argument("--sample-rounds", type=_positive_int, default=4)
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="both sides recompute activations in the backward pass (tfdiffusion: "
+                             "UNet(gradient_checkpointing=True); diffusers: enable_gradient_checkpointing())")
     parser.add_argument("--no-sample", action="store_true")
     parser.add_argument("--no-torch-compile", action="store_true")
     parser.add_argument("--second-start", action="store_true",

@@ -67,7 +67,7 @@ def _reply(payload):
 class TensorFlowSide:
     """tfdiffusion's `DiffusionModel` (XLA, `FusedAdamW`, EMA) on the configuration."""
 
-    def __init__(self, config, batch, mode, threads):
+    def __init__(self, config, batch, mode, threads, gradient_checkpointing=False):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tfdiffusion as tfdiff  # first, as the `tfdiffusion` command: its defaults apply (oneDNN)
         import tensorflow as tf
@@ -91,7 +91,7 @@ class TensorFlowSide:
         if mode == "bf16":
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         keras.utils.set_random_seed(0)
-        unet = unet_from_config(config)
+        unet = unet_from_config(config, gradient_checkpointing=gradient_checkpointing)
         diffusion = tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("linear", 1000))
         self.model = tfdiff.DiffusionModel(unet, diffusion, ema_decay=0.9999)
         self.model.compile(optimizer=tfdiff.FusedAdamW(2e-4, weight_decay=0.0), jit_compile=True)
@@ -141,7 +141,7 @@ class TensorFlowSide:
 class TorchSide:
     """diffusers' `UNet2DModel` trained as diffusers' `train_unconditional.py` does (AdamW, EMAModel)."""
 
-    def __init__(self, config, batch, mode, threads):
+    def __init__(self, config, batch, mode, threads, gradient_checkpointing=False):
         if mode != "fp32":
             raise SystemExit(f"torch worker: mode {mode!r} is not measured; expected 'fp32'")
         import torch
@@ -161,6 +161,8 @@ class TorchSide:
         self.info["matmul_gflops"] = self._matmul_ceilings()
         torch.manual_seed(0)
         self.unet = UNet2DModel(**config)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.info["params"] = int(sum(p.numel() for p in self.unet.parameters()))
         self.info["forward_gflop_per_image"] = self._forward_gflop(config)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=2e-4, weight_decay=0.0)
@@ -239,9 +241,12 @@ def main():
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--torch-compile", action="store_true",
                         help="torch only: sample through torch.compile(unet)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (both frameworks' UNet option)")
     args = parser.parse_args()
     config = json.loads(args.config)
-    side = (TensorFlowSide if args.framework == "tf" else TorchSide)(config, args.batch, args.mode, args.threads)
+    side = (TensorFlowSide if args.framework == "tf" else TorchSide)(config, args.batch, args.mode, args.threads,
+                                                                        args.gradient_checkpointing)
     _reply({"ready": side.info})
     for line in sys.stdin:
         command = json.loads(line)
