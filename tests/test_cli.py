@@ -137,7 +137,8 @@ def model_runs(trained, dirs):
                          "--metric", "bpd", "--bpd-steps", 4, "--batch-size", 8, "--num-batches", 2,
                          "--no-jit-compile"),
         # Settings come from checkpoints/run.json; 4 of 4 steps done: no training.
-        resume=command("train", "--output-dir", root / "resumed", "--resume", "--no-jit-compile"),
+        resume=command("train", "--output-dir", root / "resumed", "--resume", "--no-jit-compile",
+                       "--gradient-checkpointing"),
         # A resume cannot honour another learning rate (its optimizer and schedule are saved).
         resume_lr=command("train", "--output-dir", root / "resumed_lr", "--resume", "--steps", 8,
                           "--learning-rate", "0.5", "--no-jit-compile"),
@@ -207,6 +208,9 @@ def test_train_resume_continues_the_run(model_runs, dirs):
     summary = json.loads((dirs["root"] / "resumed" / "train_summary.json").read_text())
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 4
     assert summary["image_size"] == 8 and summary["num_timesteps"] == 20  # not the preset's 16, 1000
+    # A memory setting may change on resume; the run's settings record it.
+    settings = json.loads((dirs["root"] / "resumed" / "checkpoints" / "run.json").read_text())
+    assert settings["gradient_checkpointing"] is True
     assert not no_temp_files(dirs["root"] / "resumed")
 
 
@@ -404,7 +408,8 @@ EXPECTED_FLAGS = {
     "train": ["--preset", "--dataset", "--data-dir", "--output-dir", "--steps", "--epochs",
               "--batch-size", "--image-size", "--learning-rate", "--num-timesteps", "--seed",
               "--sampler", "--sample-steps", "--num-samples", "--guidance-scale", "--jit-compile",
-              "--no-jit-compile", "--resume", "--strategy", "--mixed-precision", "--sample-every"],
+              "--no-jit-compile", "--resume", "--strategy", "--mixed-precision", "--sample-every",
+              "--gradient-checkpointing", "--no-gradient-checkpointing"],
     "sample": ["--model", "--num-images", "--sampler", "--steps", "--spacing", "--eta", "--churn", "--threshold",
                "--seed", "--labels",
                "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],

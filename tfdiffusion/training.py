@@ -88,6 +88,9 @@ class TrainSettings:
             for a run (the optimizer state depends on it).
         skip_unreadable: leave out unreadable files of an image-folder data set
             (None/False: refuse the folder, naming them).
+        gradient_checkpointing: recompute the UNet's ResBlock activations in
+            the backward pass (less memory, slower steps; `UNet`'s option).
+            None: the resumed run's, else off; may change on resume.
     """
 
     preset: Optional[str] = None
@@ -110,6 +113,7 @@ class TrainSettings:
     skip_unreadable: Optional[bool] = None
     strategy: Optional[str] = None
     mixed_precision: Optional[str] = None
+    gradient_checkpointing: Optional[bool] = None
 
     def given(self) -> Dict[str, Any]:
         """The settings that were set (not None)."""
@@ -134,7 +138,7 @@ def _check_settings(settings: Dict[str, Any]) -> None:
         validation.check_choice("strategy", settings["strategy"], distribute.STRATEGIES)
     if settings.get("mixed_precision") is not None:
         validation.check_choice("mixed_precision", settings["mixed_precision"], tuple(distribute.PRECISIONS))
-    for flag in ("jit_compile", "skip_unreadable"):
+    for flag in ("jit_compile", "skip_unreadable", "gradient_checkpointing"):
         if settings.get(flag) is not None:
             validation.check_bool(flag, settings[flag])
 
@@ -164,7 +168,8 @@ def resolve_settings(given: Dict[str, Any], saved: Optional[Dict[str, Any]] = No
                     num_timesteps=preset.num_timesteps, steps=None if settings.get("epochs") else preset.train_steps,
                     epochs=None, seed=0, sampler=preset.sampler, sample_steps=preset.sample_steps,
                     num_samples=DEFAULT_NUM_SAMPLES, guidance_scale=preset.guidance_scale, checkpoint_every=None, sample_every=1,
-                    jit_compile=None, skip_unreadable=False, strategy="auto", mixed_precision="fp32")
+                    jit_compile=None, skip_unreadable=False, strategy="auto", mixed_precision="fp32",
+                    gradient_checkpointing=False)
     settings = {**defaults, **{k: v for k, v in settings.items() if v is not None}}
     if not explicit_sample_steps:
         settings["sample_steps"] = min(settings["sample_steps"], settings["num_timesteps"])
@@ -272,10 +277,12 @@ def _build_model(settings, preset, dataset, resumed):
         if model.optimizer is None:
             raise RunError("cannot `resume`: the checkpoint holds no optimizer state")
         model.jit_compile = jit
+        model.network.gradient_checkpointing = settings["gradient_checkpointing"]
         return model
     # train_steps: where a decaying learning-rate schedule reaches 0.
     preset = dataclasses.replace(preset, learning_rate=settings["learning_rate"],
-                                 num_timesteps=settings["num_timesteps"], train_steps=settings["steps"])
+                                 num_timesteps=settings["num_timesteps"], train_steps=settings["steps"],
+                                 unet={**preset.unet, "gradient_checkpointing": settings["gradient_checkpointing"]})
     model = presets.build_model(preset, num_classes=num_classes, image_size=image_shape[0],
                                 channels=image_shape[-1], seed=settings["seed"])
     # XLA trains 2-3x faster than plain graphs on CPU (benchmarks/README.md);

@@ -5,10 +5,14 @@ import os
 import subprocess
 import sys
 
+import types
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfdiffusion import presets
+from tfdiffusion import training
 from tfdiffusion.nn import ResBlock
 from tfdiffusion.nn import UNet
 from tfdiffusion.nn.checkpointing import recompute_in_backward
@@ -105,6 +109,29 @@ def test_gradient_checkpointing_round_trips_and_refuses_non_bools():
     for bad in (1, "yes", None):
         with pytest.raises(TypeError, match="gradient_checkpointing"):
             UNet(**TINY, gradient_checkpointing=bad)
+    clone.gradient_checkpointing = False  # diffusers' enable/disable_gradient_checkpointing, as an attribute
+    assert not any(block.gradient_checkpointing for block in blocks)
+    assert clone.get_config()["gradient_checkpointing"] is False
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        clone.gradient_checkpointing = 0
+
+
+def _res_block_flags(model):
+    return {layer.gradient_checkpointing for layer in model.network._flatten_layers() if isinstance(layer, ResBlock)}
+
+
+def test_training_runs_build_and_resume_with_the_setting():
+    settings = training.resolve_settings(dict(gradient_checkpointing=True, image_size=8, num_timesteps=20, steps=2))
+    preset = presets.get_preset(settings["preset"])
+    dataset = types.SimpleNamespace(num_classes=3, image_size=8, channels=preset.channels)
+    model = training._build_model(settings, preset, dataset, None)
+    assert model.network.gradient_checkpointing is True and _res_block_flags(model) == {True}
+    # A resumed run may change it (it changes neither weights nor optimizer state).
+    off = training.resolve_settings(dict(gradient_checkpointing=False), saved=settings)
+    assert training._build_model(off, preset, dataset, model) is model and _res_block_flags(model) == {False}
+    assert training.resolve_settings({})["gradient_checkpointing"] is False
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        training.resolve_settings(dict(gradient_checkpointing="yes"))
 
 
 # XLA reads XLA_FLAGS (the dump folder) once per process, before its first compilation: a fresh process.

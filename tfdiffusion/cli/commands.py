@@ -119,7 +119,8 @@ def _sampling_steps(args, sampler, T):
 # ------------------------------------------------------------------ train
 _SETTING_FLAGS = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate", "num_timesteps",
                   "steps", "epochs", "seed", "sampler", "sample_steps", "num_samples", "guidance_scale",
-                  "checkpoint_every", "sample_every", "jit_compile", "skip_unreadable", "strategy", "mixed_precision")
+                  "checkpoint_every", "sample_every", "jit_compile", "skip_unreadable", "strategy", "mixed_precision",
+                  "gradient_checkpointing")
 
 
 def train(args):

@@ -219,6 +219,10 @@ def build_parser():
                        help="fp32; bf16 (mixed_bfloat16: TPUs, CPUs with AVX512_BF16 or AMX); fp16 "
                        "(mixed_float16 with loss scaling: GPUs). Normalisation, softmax, the loss, the "
                        "schedule and the EMA stay float32 (default: fp32; fixed for a run)")
+    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                       help="recompute each ResBlock's activations in the backward pass instead of keeping "
+                       "them: less memory per step, about one more forward pass of the blocks (default: off, "
+                       "or the resumed run's)")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                        help="also write checkpoints/ckpt.keras every N training steps, so that a kill "
                        "loses at most N steps (default: at the end of every epoch only, at most "

@@ -205,7 +205,7 @@ class UNet(InferenceMemory, keras.Model):
         self.middle_attention_norm = middle_attention_norm
         self.middle_scale_factor = middle_scale_factor
         self.center_input = center_input
-        self.gradient_checkpointing = gradient_checkpointing
+        self._gradient_checkpointing = gradient_checkpointing
         self.out_channels = in_channels * (2 if learn_sigma else 1)
 
         dtype = self.dtype_policy
@@ -302,6 +302,24 @@ class UNet(InferenceMemory, keras.Model):
             dtype="float32",
             name="conv_out",
         )
+
+    @property
+    def gradient_checkpointing(self):
+        """Whether training calls recompute each ResBlock's activations in the backward pass.
+
+        Settable (as diffusers' `enable_gradient_checkpointing()`); set it
+        before the training step is traced (the first `fit`), which keeps
+        the choice it was traced with.
+        """
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value):
+        value = check_bool("gradient_checkpointing", value)
+        self._gradient_checkpointing = value
+        for layer in (*self.down_blocks, *self.middle_blocks, *self.up_blocks):
+            if isinstance(layer, ResBlock):
+                layer.gradient_checkpointing = value
 
     @property
     def null_label(self):
