@@ -20,6 +20,7 @@ from tfdiffusion.nn.unet_checks import check_levels
 from tfdiffusion.nn.unet_checks import check_positive_int
 from tfdiffusion.nn.unet_checks import format_shape
 from tfdiffusion.nn.unet_checks import int_tuple
+from tfdiffusion.nn.unet_checkpointing import GradientCheckpointingSwitch
 from tfdiffusion.nn.unet_memory import InferenceMemory
 from tfdiffusion.validation import check_bool
 from tfdiffusion.validation import check_choice
@@ -28,7 +29,7 @@ from tfdiffusion.validation import check_optional_int
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
-class UNet(InferenceMemory, keras.Model):
+class UNet(InferenceMemory, GradientCheckpointingSwitch, keras.Model):
     """The DDPM/ADM UNet: predicts noise (and optionally variances).
 
     Layout (Ho et al. 2020, App. B; Dhariwal & Nichol 2021): a 3x3 input
@@ -302,24 +303,6 @@ class UNet(InferenceMemory, keras.Model):
             dtype="float32",
             name="conv_out",
         )
-
-    @property
-    def gradient_checkpointing(self):
-        """Whether training calls recompute each ResBlock's activations in the backward pass.
-
-        Settable (as diffusers' `enable_gradient_checkpointing()`); set it
-        before the training step is traced (the first `fit`), which keeps
-        the choice it was traced with.
-        """
-        return self._gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value):
-        value = check_bool("gradient_checkpointing", value)
-        self._gradient_checkpointing = value
-        for layer in (*self.down_blocks, *self.middle_blocks, *self.up_blocks):
-            if isinstance(layer, ResBlock):
-                layer.gradient_checkpointing = value
 
     @property
     def null_label(self):
