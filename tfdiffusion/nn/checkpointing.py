@@ -32,9 +32,9 @@ def _held_until(inputs, upstream):
     if tf.executing_eagerly():
         return inputs, upstream
     if _in_xla_function():
-        held = xla.optimization_barrier(*inputs, *upstream)
-        return tuple(held[:len(inputs)]), tuple(held[len(inputs):])
-    with tf.control_dependencies(upstream):
+        *held, upstream = xla.optimization_barrier(*inputs, upstream)
+        return tuple(held), upstream
+    with tf.control_dependencies([upstream]):
         return tuple(tf.identity(x) for x in inputs), upstream
 
 
@@ -60,7 +60,7 @@ def recompute_in_backward(fn, *inputs):
         output = fn(*inputs)
 
         def gradient(upstream, variables=None):
-            replay_inputs, (upstream,) = _held_until(inputs, (upstream,))
+            replay_inputs, upstream = _held_until(inputs, upstream)
             differentiable = [i for i, x in enumerate(replay_inputs) if x.dtype.is_floating]
             variables = list(variables or [])
             with tf.GradientTape() as tape:
