@@ -342,7 +342,7 @@ class KernelInceptionDistance(_FeatureMetric):
         self.num_subsets = validation.check_int("num_subsets", num_subsets)
         self.subset_size = validation.check_int("subset_size", subset_size, minimum=2)
         self.max_samples = validation.check_int("max_samples", max_samples, minimum=2)
-        self.seed = validation.check_int("seed", seed, minimum=None)
+        self.seed = validation.check_seed("seed", seed, allow_none=False)
         self._state = {}
         for side in _SIDES:
             self._state[side] = (

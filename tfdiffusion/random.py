@@ -21,31 +21,37 @@ _RNG_ALG = "philox"
 
 
 def check_seed(seed: Any, name: str = "seed") -> Optional[int]:
-    """Checks a user's seed: None or an integer (not a bool, float or string).
+    """Checks a user's seed: None or an integer in [-2**63, 2**63 - 1]; see `validation.check_seed`.
 
     Returns:
         The seed as a Python int, or None.
     """
-    return validation.check_optional_int(name, seed, minimum=None)
+    return validation.check_seed(name, seed)
 
 
 def seed_pair(seed: Any = None) -> tf.Tensor:
     """A `[2]` int64 seed for stateless random ops.
 
     Args:
-        seed: None (fresh entropy), a Python/numpy integer, a scalar integer
-            tensor, or a `[2]` integer tensor (returned as int64). Floats and
-            bools are refused rather than truncated.
+        seed: None (fresh entropy), a Python/numpy integer in
+            [-2**63, 2**63 - 1], a scalar integer tensor, or a `[2]` integer
+            tensor (returned as int64). Floats and bools are refused rather
+            than truncated.
 
     Raises:
         TypeError: a float, bool or non-integer tensor.
+        ValueError: an integer beyond int64.
     """
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
     if validation.is_int(seed):
-        return tf.constant([int(seed), 0], dtype=tf.int64)
+        return tf.constant([check_seed(seed), 0], dtype=tf.int64)
     if isinstance(seed, (bool, float, str, np.floating, np.bool_)):
         check_seed(seed)  # raises with the message
+    if isinstance(seed, (list, tuple)):  # a [2] seed written as Python integers
+        seed = tf.constant([check_seed(part) for part in seed], tf.int64)
+    elif isinstance(seed, np.ndarray) and seed.size and np.issubdtype(seed.dtype, np.unsignedinteger):
+        check_seed(int(seed.max()))  # a uint64 beyond int64 would wrap round in the cast
     seed = tf.convert_to_tensor(seed)
     if not seed.dtype.is_integer:
         raise TypeError(f"`seed` must be an integer or an integer tensor. Received dtype {seed.dtype.name}")

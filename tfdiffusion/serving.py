@@ -53,7 +53,7 @@ def generate_inputs(seed: int, num_steps: int, labels: Optional[Sequence[int]] =
         `[N]` and `guidance_scale` float32, or `num_images` int32, then each
         option float32.
     """
-    inputs = {"seed": np.int64(validation.check_int("seed", seed, None)),
+    inputs = {"seed": np.int64(validation.check_seed("seed", seed, allow_none=False)),
               "num_steps": np.int32(validation.check_int("num_steps", num_steps, 1, 2**31 - 1))}
     if (labels is None) == (num_images is None):
         raise ValueError("Give `labels` (class-conditional model) or `num_images` (unconditional), not both "

@@ -174,7 +174,7 @@ def make_shapes(num_images, image_size=16, seed=0):
     """
     num_images = validation.check_int("num_images", num_images)
     image_size = validation.check_int("image_size", image_size, 8)
-    rng = np.random.default_rng(validation.check_int("seed", seed, 0))
+    rng = np.random.default_rng(validation.check_seed("seed", seed, minimum=0, allow_none=False))
     labels = rng.permutation(np.arange(num_images) % len(CLASS_NAMES)).astype(np.int32)
     params = _draw_parameters(labels, rng)
     images = np.empty((num_images, image_size, image_size, 3), np.uint8)

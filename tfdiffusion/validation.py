@@ -6,24 +6,34 @@ says what was expected and what came (``"`num_steps` must be an integer in
 floats or strings, and numbers must be finite: nothing is coerced silently.
 """
 
+import inspect
 import math
 import numbers
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "check_bool",
+    "check_callable",
     "check_choice",
     "check_images",
     "check_int",
     "check_int_tuple",
     "check_number",
     "check_optional_int",
+    "check_sample_weight",
+    "check_seed",
     "check_timesteps",
     "is_int",
+    "SEED_MIN",
+    "SEED_MAX",
 ]
+
+# Seeds are TensorFlow int64 scalars (stateless ops, tf.data, SavedModel inputs): the int64 range.
+SEED_MIN = -(2 ** 63)
+SEED_MAX = 2 ** 63 - 1
 
 
 def is_int(value: Any) -> bool:
@@ -73,6 +83,36 @@ def check_optional_int(name: str, value: Any, minimum: Optional[int] = 1,
     return None if value is None else check_int(name, value, minimum, maximum)
 
 
+def check_seed(name: str, value: Any, minimum: int = SEED_MIN, allow_none: bool = True) -> Optional[int]:
+    """Returns a user's seed as a Python `int` (or None) if it fits TensorFlow's int64 seeds.
+
+    The one check of every seed the package takes (the API's `seed=`
+    arguments, the data loaders', the callbacks', the command's `--seed`):
+    an integer (not a bool, float or string) in [minimum, 2**63 - 1].
+
+    Args:
+        name: the argument's name as the user wrote it (`seed`, `--seed`, ...).
+        value: what the caller passed.
+        minimum: smallest allowed seed; -2**63 by default (numpy-seeded
+            generators take 0).
+        allow_none: let None (a fresh random seed) through.
+
+    Raises:
+        TypeError: not an integer (or None where it is not allowed).
+        ValueError: outside [minimum, 2**63 - 1].
+    """
+    if value is None and allow_none:
+        return None
+    low = "-2**63" if minimum == SEED_MIN else str(minimum)
+    expected = f"an integer in [{low}, 2**63 - 1] (a seed is an int64)"
+    if not is_int(value):
+        raise TypeError(f"`{name}` must be {expected}. Received: {name}={value!r} of type {type(value).__name__}")
+    value = int(value)
+    if not minimum <= value <= SEED_MAX:
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value}")
+    return value
+
+
 def check_number(name: str, value: Any, minimum: Optional[float] = None, maximum: Optional[float] = None,
                  *, min_inclusive: bool = True, max_inclusive: bool = True) -> float:
     """Returns `value` as a `float` if it is a finite real number in the given range.
@@ -103,6 +143,33 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
     return bool(value)
+
+
+def check_callable(name: str, value: Any, *arguments: Any, call: str = "") -> Callable:
+    """Returns `value` if it is callable and its signature takes `arguments` (checked, not called).
+
+    Args:
+        name: the argument's name, for the message.
+        value: what the caller passed.
+        *arguments: example positional arguments the callable will get.
+        call: how it will be called, for the message (e.g. "progress(done, total)").
+
+    Raises:
+        TypeError: not callable, or its signature does not take `arguments`.
+    """
+    call = call or f"{name}(...)"
+    if not callable(value):
+        raise TypeError(f"`{name}` must be a callable, called as {call}. Received: {name}={value!r}")
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # some builtins do not tell: they are called as they are
+        return value
+    try:
+        signature.bind(*arguments)
+    except TypeError as error:
+        raise TypeError(f"`{name}` must be a callable called as {call}; its signature {signature} does not "
+                        f"take {len(arguments)} positional arguments ({error}). Received: {name}={value!r}") from None
+    return value
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
@@ -204,3 +271,49 @@ def check_images(x: Any, name: str = "x_start", validate: bool = True, limit: fl
             [f"`{name}` must be finite and lie in [-{limit:g}, {limit:g}]. Received max |{name}|:",
              largest])]):
         return tf.identity(x)
+
+
+def check_sample_weight(weights: Any, batch: Optional[int] = None, name: str = "sample_weight",
+                        validate: bool = True) -> tf.Tensor:
+    """Checks per-example weights: finite numbers >= 0, one per example; returns them as float32 `[B]`.
+
+    A vector `[B]` or a column `[B, 1]` (as Keras takes them). The dtype and
+    shape are checked before any cast (bools and strings are refused); the
+    values at once for concrete values and, with `validate`, by in-graph
+    asserts inside a `tf.function` (XLA drops those, as for `check_images`).
+
+    Args:
+        weights: the weights.
+        batch: the batch size B they must match, when known.
+        name: the argument's name, for the message.
+        validate: check the values.
+
+    Raises:
+        TypeError: not numbers.
+        ValueError: another shape, or a negative, NaN or infinite weight.
+    """
+    weights = tf.convert_to_tensor(weights)
+    if weights.dtype == tf.bool or not (weights.dtype.is_floating or weights.dtype.is_integer):
+        raise TypeError(f"`{name}` must be finite numbers >= 0, one per example. Received dtype {weights.dtype.name}")
+    shape = weights.shape
+    if shape.rank is not None and not (shape.rank == 1 or (shape.rank == 2 and shape[1] == 1)):
+        raise ValueError(f"`{name}` must be a vector [B] (or [B, 1]) of one weight per example. "
+                         f"Received shape {shape}")
+    if batch is not None and shape.rank is not None and shape[0] is not None and shape[0] != batch:
+        raise ValueError(f"`{name}` must hold one weight per example ({batch}). Received shape {shape}")
+    weights = tf.cast(weights, tf.float32)
+    values = _static_values(weights)
+    if values is not None:
+        bad = ~np.isfinite(values) | (values < 0)
+        if bad.any():
+            raise ValueError(f"`{name}` must be finite numbers >= 0. Received {int(bad.sum())} of {values.size} "
+                             f"outside that (e.g. {values[bad].ravel()[0]:g})")
+        return tf.reshape(weights, [-1])
+    flat = tf.reshape(weights, [-1])
+    if validate:
+        with tf.control_dependencies([tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(flat) & (flat >= 0)),
+                [f"`{name}` must be finite numbers >= 0. Received min, max:",
+                 tf.reduce_min(flat), tf.reduce_max(flat)])]):
+            flat = tf.identity(flat)
+    return flat
