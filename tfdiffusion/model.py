@@ -1,12 +1,14 @@
 """`DiffusionModel(keras.Model)`: train_step/test_step on a `GaussianDiffusion`, EMA weights, `generate`."""
 
 import contextlib
+import inspect
 import re
 from typing import Any, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 
+from tfdiffusion import batches
 from tfdiffusion import generation
 from tfdiffusion import lowered_steps
 from tfdiffusion import random as tfd_random
@@ -24,7 +26,7 @@ _EVAL_STREAM = 1 << 40
 
 @contextlib.contextmanager
 def _assertion_errors_as_value_errors():
-    """Re-raises a failed in-graph check of a compiled step as a ValueError with its message first.
+    """Re-raises a failed in-graph check (of a compiled step, or of the input pipeline) as a ValueError.
 
     TensorFlow reports them as "Graph execution error: Detected at node ..." with
     the message deep inside; the user gets "`images` must lie in [-1, 1] ...".
@@ -32,11 +34,14 @@ def _assertion_errors_as_value_errors():
     try:
         yield
     except tf.errors.InvalidArgumentError as error:
-        found = re.search(r"assertion failed: \[(.*?)\](?: \[(.*?)\])*", error.message)
+        # "assertion failed: [message] [datum] [datum]" to the end of its line; the message may hold brackets.
+        found = re.search(r"assertion failed: \[(.*)\]", error.message)
         if found is None:
             raise
-        message = " ".join(part for part in found.groups() if part)
-        raise ValueError(f"{message} (checked in the compiled step)") from None
+        message, *data = found.group(1).split("] [")
+        message = " ".join([message] + [f"[{datum}]" if " " in datum else datum for datum in data])
+        where = "input pipeline" if "IteratorGetNext" in error.message else "compiled step"
+        raise ValueError(f"{message} (checked in the {where})") from None
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -46,12 +51,19 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
 
     `fit` takes a `tf.data.Dataset` of images `[B, H, W, C]` float32 in
     [-1, 1], or of `(images, labels)` with int labels `[B]` for a
-    class-conditional network. Each step draws uniform (or importance-sampled)
-    timesteps and noise from stateless seeds (the step's seed and each
-    example's index in the global batch, so results do not depend on the
-    replica count), computes `diffusion.training_losses`, averages the loss
-    over the global batch and applies the optimizer (with its loss scaling
-    under `mixed_float16`). An exponential moving average (EMA) of the weights
+    class-conditional network, optionally with per-example weights `[B]`
+    (finite, >= 0) as a third part in Keras' order: `(images, labels,
+    sample_weight)`, or `(images, None, sample_weight)` for an unconditional
+    network (a 2-tuple is always `(images, labels)`). Each step draws uniform
+    (or importance-sampled) timesteps and noise from stateless seeds (the
+    step's seed and each example's index in the global batch, so results do
+    not depend on the replica count), computes `diffusion.training_losses`,
+    and minimises their sum (each weighted) divided by the global batch size,
+    as Keras' default "sum_over_batch_size" reduction does with
+    `sample_weight`, applying the optimizer (with its loss scaling under
+    `mixed_float16`). An all-zero-weight batch gives a zero loss and zero
+    gradients but is still an optimizer step (the step count, momentum and
+    weight decay move on, as in Keras). An exponential moving average (EMA) of the weights
     lives in `ema_network`, beside the trained `network`: a second `fit`
     continues from the trained weights, while `generate`, `evaluate` and export
     use the averages.
@@ -88,6 +100,9 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
             diffusion = GaussianDiffusion.from_config(diffusion)
         if not isinstance(diffusion, GaussianDiffusion):
             raise TypeError(f"`diffusion` must be a GaussianDiffusion. Received: {type(diffusion).__name__}")
+        if not isinstance(network, keras.layers.Layer):
+            raise TypeError("`network` must be a Keras model called as network(x_t, t, y=labels, training=...), "
+                            f"e.g. a tfdiffusion.UNet. Received: network={network!r}")
         self.ema_decay = validation.check_number("ema_decay", ema_decay, 0.0, 1.0, max_inclusive=False)
         self.label_dropout = validation.check_number("label_dropout", label_dropout, 0.0, 1.0,
                                                      max_inclusive=False)
@@ -102,6 +117,7 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
         self.image_shape = validation.check_int_tuple("image_shape", image_shape)
         if len(self.image_shape) != 3:
             raise ValueError(f"`image_shape` must be (H, W, C). Received: image_shape={image_shape!r}")
+        self._check_variances(network, diffusion)
         self.network = network
         self.diffusion = diffusion
         self.num_classes = getattr(network, "num_classes", None)
@@ -138,6 +154,27 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
         self._compiled = {}
         self.traces = {}  # traces of the compiled pieces, by name (a test checks there is one per replica)
         self.built = True
+
+    def _check_variances(self, network, diffusion):
+        """Refuses a network whose output does not carry what the diffusion's variance type reads."""
+        channels = self.image_shape[-1]
+        learn_sigma = getattr(network, "learn_sigma", None)
+        out_channels = getattr(network, "out_channels", None)
+        if learn_sigma is None and validation.is_int(out_channels) and out_channels in (channels, 2 * channels):
+            learn_sigma = out_channels == 2 * channels
+        if learn_sigma is None or bool(learn_sigma) == diffusion.learn_sigma:
+            return
+        if diffusion.learn_sigma:
+            raise ValueError(
+                f"`diffusion` has model_var_type={diffusion.model_var_type!r}, which reads a variance from the "
+                f"network's output, but `network` has learn_sigma=False (it outputs the mean's {channels} "
+                "channels only). Build the network with learn_sigma=True, or use a fixed-variance diffusion "
+                "(model_var_type='fixed_small' or 'fixed_large').")
+        raise ValueError(
+            f"`network` has learn_sigma=True (it outputs {2 * channels} channels: a mean and a variance), but "
+            f"`diffusion` has model_var_type={diffusion.model_var_type!r}, whose variances are fixed. Use "
+            "model_var_type='learned_range' (with loss_type='hybrid' or 'kl'), or build the network with "
+            "learn_sigma=False.")
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> Dict[str, Any]:
@@ -209,11 +246,8 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
         return {} if labels is None else {"y": labels}
 
     def _unpack(self, data):
-        if isinstance(data, (tuple, list)):
-            images = data[0]
-            labels = data[1] if len(data) > 1 else None
-        else:
-            images, labels = data, None
+        """`(images, labels, sample_weight)` of a batch (see `batches.BATCH_FORMS`), checked; None where absent."""
+        images, labels, sample_weight = batches.split_batch(data)
         images = tf.convert_to_tensor(images)
         expected = (None,) + self.image_shape
         if images.shape.rank != 4 or any(e is not None and s is not None and s != e
@@ -222,9 +256,7 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
                              f"(NHWC, float in [-1, 1]). Received shape {images.shape}")
         images = validation.check_images(images, "images", self.diffusion.validate_args)
         if self.num_classes is None and labels is not None:
-            raise ValueError("The network is unconditional (num_classes=None) but the data set "
-                             "yields labels. Drop them (e.g. `with_labels=False`) or build a "
-                             "conditional network.")
+            raise ValueError(batches.unconditional_labels_message("the data set"))
         if self.num_classes is not None:
             if labels is None:
                 raise ValueError(f"The network is class-conditional (num_classes={self.num_classes}) "
@@ -235,14 +267,25 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
                                 f"{labels.dtype.name}")
             labels = validation.check_timesteps(tf.reshape(labels, [-1]), self.num_classes, name="labels",
                                                 validate=self.diffusion.validate_args)
-        return images, labels
+        if sample_weight is not None:
+            sample_weight = validation.check_sample_weight(sample_weight, images.shape[0],
+                                                           validate=self.diffusion.validate_args)
+        return images, labels, sample_weight
 
     # ---------------------------------------------------------- fit/evaluate
     def _check_dataset(self, data, what):
         """Checks a tf.data pipeline before any work: its element spec, and (with
         `diffusion.validate_args`) its first batch's values, eagerly, with clear errors."""
         spec = data.element_spec
-        images_spec = spec[0] if isinstance(spec, tuple) else spec
+        if isinstance(spec, tuple) and not 1 <= len(spec) <= 3:
+            raise ValueError(f"{what} must yield {batches.BATCH_FORMS}. Received elements of {len(spec)} parts")
+        images_spec, labels_spec, weights_spec = batches.split_batch(spec)
+        if self.num_classes is None and labels_spec is not None:
+            raise ValueError(batches.unconditional_labels_message(what))
+        if isinstance(weights_spec, tf.TensorSpec) and (weights_spec.dtype == tf.bool or not (
+                weights_spec.dtype.is_floating or weights_spec.dtype.is_integer)):
+            raise TypeError(f"{what} must yield numeric `sample_weight` (the third part of a batch). "
+                            f"Received dtype {weights_spec.dtype.name}")
         if not isinstance(images_spec, tf.TensorSpec):
             return
         if not images_spec.dtype.is_floating:
@@ -254,30 +297,63 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
                 s is not None and e is not None and s != e for s, e in zip(shape, expected))):
             raise ValueError(f"{what} must yield images of shape [B, {', '.join(map(str, self.image_shape))}] "
                              f"(this model's). Received element shape {shape}")
-        if isinstance(spec, tuple) and len(spec) > 1 and isinstance(spec[1], tf.TensorSpec) \
-                and not spec[1].dtype.is_integer:
-            raise TypeError(f"{what} must yield integer labels. Received dtype {spec[1].dtype.name}")
+        if isinstance(labels_spec, tf.TensorSpec) and not labels_spec.dtype.is_integer:
+            raise TypeError(f"{what} must yield integer labels. Received dtype {labels_spec.dtype.name}")
         if not self.diffusion.validate_args:
             return
         first = next(iter(data.take(1)), None)
         if first is None:
             raise ValueError(f"{what} yields no batch (an empty data set, or fewer images than "
                              "one batch with drop_remainder)")
-        self._unpack(first)  # eagerly: the value checks raise ValueError/TypeError here
+        self._check_batch(first, what)
+
+    def _check_batch(self, batch, what):
+        """`_unpack(batch)` eagerly (its value checks run at once), its errors prefixed with `what`."""
+        try:
+            self._unpack(batch)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"{what}: {error}") from None
+
+    def _check_validation_data(self, validation_data):
+        """Checks `fit`'s `validation_data` as the training data (a data set, or a tuple of arrays);
+        returns it with static shapes (see `batches.with_static_shapes`)."""
+        what = "`validation_data`"
+        if isinstance(validation_data, tf.data.Dataset):
+            self._check_dataset(validation_data, what)
+            return batches.with_static_shapes(validation_data, self.image_shape, what)
+        if isinstance(validation_data, (tuple, list)):
+            if not 1 <= len(validation_data) <= 3:
+                raise ValueError(f"{what} must be {batches.BATCH_FORMS}. Received a tuple of "
+                                 f"{len(validation_data)} parts")
+            self._check_batch(tuple(validation_data), what)
+        return validation_data
 
     def fit(self, x=None, *args, **kwargs):
-        """Keras `fit`, with the data set checked before training and in-graph check failures
-        reported as ValueErrors; see `keras.Model.fit`."""
+        """Keras `fit`, with the training and validation data checked before training and in-graph
+        check failures reported as ValueErrors; see `keras.Model.fit`.
+
+        A `tf.data.Dataset` whose element spec lacks static shapes (e.g.
+        `Dataset.from_generator` without output shapes) gets the model's
+        (`batches.with_static_shapes`); each batch is then checked as it comes.
+        """
+        arguments = inspect.signature(keras.Model.fit).bind(self, x, *args, **kwargs).arguments
+        arguments.pop("self")
+        arguments.update(arguments.pop("kwargs", {}))
         if isinstance(x, tf.data.Dataset):
             self._check_dataset(x, "the training data")
+            arguments["x"] = x = batches.with_static_shapes(x, self.image_shape, "the training data")
             self._prepare_lowered_step(x)
+        if arguments.get("validation_data") is not None:
+            arguments["validation_data"] = self._check_validation_data(arguments["validation_data"])
         with _assertion_errors_as_value_errors():
-            return super().fit(x, *args, **kwargs)
+            return super().fit(**arguments)
 
     def evaluate(self, x=None, *args, **kwargs):
-        """Keras `evaluate`, with the data set checked first; see `keras.Model.evaluate`."""
+        """Keras `evaluate`, with the data set checked first (and given static shapes, as in `fit`);
+        see `keras.Model.evaluate`."""
         if isinstance(x, tf.data.Dataset):
             self._check_dataset(x, "the evaluation data")
+            x = batches.with_static_shapes(x, self.image_shape, "the evaluation data")
         with _assertion_errors_as_value_errors():
             return super().evaluate(x, *args, **kwargs)
 
@@ -317,24 +393,27 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
     # converting TFP and the network saves most of the tracing time.
     @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
-        images, labels = self._unpack(data)  # checks run here, outside any XLA computation
+        images, labels, sample_weight = self._unpack(data)  # checks run here, outside any XLA computation
         seed = self._step_seed(self.optimizer.iterations)
         offset = tfd_random.batch_offset(tf.shape(images)[0])  # training batches split evenly
         gradients = (self._per_replica_compiled("gradients", self._gradients) if self._xla_per_replica
                      else self._gradients)
-        t, losses, grads = gradients(images, labels, seed, offset)
+        t, losses, grads = gradients(images, labels, sample_weight, seed, offset)
         self.optimizer.apply_gradients(zip(grads, self.network.trainable_variables))
-        self.timestep_sampler.update(t, losses["loss"])
+        # Zero-weight examples are not part of the objective: their losses are not recorded.
+        self.timestep_sampler.update(t, losses["loss"], None if sample_weight is None else sample_weight > 0)
         self._update_ema()
-        return self._track(losses)
+        return self._track(losses, sample_weight)
 
-    def _gradients(self, images, labels, seed, offset):
+    def _gradients(self, images, labels, sample_weight, seed, offset):
         """One replica's forward and backward pass: `(t, losses, gradients)`."""
         self.traces["gradients"] = self.traces.get("gradients", 0) + 1  # runs once per trace
         with tf.GradientTape() as tape:
             t, weights, losses = self._diffusion_losses(self.network, images, labels, seed, True, offset)
-            # Sum over the replica's examples / global batch: gradients summed
-            # across replicas then equal those of the global-batch mean.
+            if sample_weight is not None:
+                weights = weights * sample_weight
+            # Sum over the replica's (weighted) examples / global batch: gradients summed
+            # across replicas then equal those of the global batch's "sum_over_batch_size".
             loss = tf.reduce_sum(losses["loss"] * weights) / tf.cast(offset[1], tf.float32)
             # Under mixed_float16 the optimizer is a LossScaleOptimizer: scale here,
             # it unscales the gradients (a no-op scale otherwise).
@@ -343,7 +422,7 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
-        images, labels = self._unpack(data)
+        images, labels, sample_weight = self._unpack(data)
         seed = tfd_random.fold_in(tfd_random.seed_pair(self.evaluation_seed), self.eval_counter + _EVAL_STREAM)
         self.eval_counter.assign_add(1)
         # A last evaluation batch may split unevenly across replicas (the sizes are gathered here,
@@ -353,8 +432,9 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
                       else self._evaluation)
         losses, total_bpd = evaluation(images, labels, seed, offset)
         if total_bpd is not None:
-            self.bpd_tracker.update_state(total_bpd)
-        return self._track(losses)
+            # A bound in bits/dim: the weighted mean (as Keras' weighted metrics).
+            self.bpd_tracker.update_state(total_bpd, sample_weight=sample_weight)
+        return self._track(losses, sample_weight)
 
     def _evaluation(self, images, labels, seed, offset):
         """One replica's evaluation with the EMA weights: `(losses, total_bpd or None)`."""
@@ -368,10 +448,15 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
             else self.bpd_eval_steps, batch_offset=offset)
         return losses, bound["total_bpd"]
 
-    def _track(self, losses):
-        self.loss_tracker.update_state(losses["loss"])
-        self.mse_tracker.update_state(losses["mse"])
-        self.vb_tracker.update_state(losses["vb"])
+    def _track(self, losses, sample_weight=None):
+        """Updates the loss, mse and vb means; with weights, of the weighted per-example values, so that
+        the logged loss is Keras' with `sample_weight` (the weighted sum over the number of examples)."""
+        def weighted(values):
+            return values if sample_weight is None else values * sample_weight
+
+        self.loss_tracker.update_state(weighted(losses["loss"]))
+        self.mse_tracker.update_state(weighted(losses["mse"]))
+        self.vb_tracker.update_state(weighted(losses["vb"]))
         results = {"loss": self.loss_tracker.result(), "mse": self.mse_tracker.result(),
                    "vb": self.vb_tracker.result()}
         if self.bpd_eval_steps:

@@ -47,9 +47,13 @@ class UniformTimesteps(keras.layers.Layer):
         """float32 `[B]` importance weights 1 / (T p(t)) of timesteps `t` `[B]`."""
         return 1.0 / (self.num_timesteps * tf.gather(self.probabilities(), t))
 
-    def update(self, t, losses):
-        """Records per-example losses `[B]` at timesteps `t` `[B]` (no-op here)."""
-        del t, losses
+    def update(self, t, losses, recorded=None):
+        """Records per-example losses `[B]` at timesteps `t` `[B]` (no-op here).
+
+        `recorded`: optional bool `[B]`, False for examples not to record
+        (those of weight zero: not part of the objective).
+        """
+        del t, losses, recorded
 
 
 class LossSecondMomentTimesteps(UniformTimesteps):
@@ -57,8 +61,10 @@ class LossSecondMomentTimesteps(UniformTimesteps):
 
     Uniform until every timestep has `history` recorded losses; then mixed
     with `uniform_prob` of the uniform distribution. With several examples at
-    the same t in a batch, one of them is recorded; under a distribution
-    strategy the first replica's losses are recorded.
+    the same t in a batch, the last of them is recorded; examples of sample
+    weight zero are not (they are not part of the objective), the others'
+    losses are recorded unweighted. Under a distribution strategy the first
+    replica's losses are recorded.
 
     References:
         Nichol & Dhariwal 2021, Sec. 3.3 (Eq. 18), Improved DDPM.
@@ -84,12 +90,21 @@ class LossSecondMomentTimesteps(UniformTimesteps):
         weights = weights * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
         return tf.where(warm, weights, tf.fill([self.num_timesteps], 1.0 / self.num_timesteps))
 
-    def update(self, t, losses):
-        slots = tf.gather(self.loss_counts, t) % self.history
-        self.loss_history.assign(tf.tensor_scatter_nd_update(
-            self.loss_history, tf.stack([t, slots], axis=1), tf.cast(losses, tf.float32)))
-        self.loss_counts.assign(tf.tensor_scatter_nd_max(
-            self.loss_counts, t[:, None], tf.gather(self.loss_counts, t) + 1))
+    def update(self, t, losses, recorded=None):
+        t = tf.cast(t, tf.int32)
+        # 1 + the index of the last recorded example at each timestep; <= 0 where none is (an empty
+        # segment's max is the lowest int). Dense [T, history] updates, the same on every device and
+        # under XLA (a scatter with repeated indices is not).
+        order = tf.range(1, tf.shape(t)[0] + 1)
+        if recorded is not None:
+            order = tf.where(recorded, order, 0)
+        last = tf.math.unsorted_segment_max(order, t, self.num_timesteps)
+        found = last > 0
+        values = tf.gather(tf.cast(losses, tf.float32), tf.maximum(last, 1) - 1)
+        slots = self.loss_counts % self.history
+        write = found[:, None] & tf.equal(tf.range(self.history)[None, :], slots[:, None])
+        self.loss_history.assign(tf.where(write, values[:, None], self.loss_history))
+        self.loss_counts.assign(self.loss_counts + tf.cast(found, tf.int32))
 
 
 def create(name, num_timesteps):
