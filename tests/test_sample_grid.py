@@ -72,6 +72,23 @@ def test_sample_grid_refuses_half_a_metric_setup(tmp_path):
         callbacks.SampleGrid(tmp_path, metric_names=("is",))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(labels=[0, 9]), r"`labels` must be in \[0, 3\)"),
+    (dict(num_steps=50), r"`num_steps` must be an integer in \[1, 10\]"),
+])
+def test_sample_grid_arguments_the_model_refuses_stop_fit_before_the_first_step(tmp_path, kwargs, message):
+    # Labels and steps depend on the model, so they are checked when training begins, not after an epoch.
+    unet = tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                       attention_resolutions=(), dropout=0.0, num_classes=3, num_groups=4)
+    model = tfdiff.DiffusionModel(unet, tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("cosine", 10)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    train = tf.data.Dataset.from_tensor_slices((np.zeros((2, 8, 8, 3), np.float32), np.zeros(2, np.int32))).batch(2)
+    watcher = callbacks.SampleGrid(tmp_path / "grid", num_images=2, **{"num_steps": 2, **kwargs})
+    with pytest.raises(ValueError, match=message):
+        model.fit(train, verbose=0, callbacks=[watcher])
+    assert int(model.optimizer.iterations.numpy()) == 0 and not os.path.exists(tmp_path / "grid")
+
+
 def test_cli_train_draws_a_progress_grid_every_epoch_but_the_last(tmp_path):
     import subprocess
     import sys

@@ -146,7 +146,7 @@ def test_served_model_batches_above_the_cap(served, exported):
     model, _, _ = exported
     done = []
     images = served.generate(6, sampler="ddim", num_steps=2, seed=4, progress=lambda d, n: done.append((d, n)))
-    assert images.shape == (6, 8, 8, 3) and done == [(4, 6), (6, 6)]
+    assert images.shape == (6, 8, 8, 3) and done == [(0, 6), (4, 6), (6, 6)]
     # The first batch is generate's first max_images images (labels cycle through the classes).
     first = model.generate(4, sampler="ddim", num_steps=2, seed=4, jit_compile=False)
     # The SavedModel's graph and the Keras model's may round differently where oneDNN kernels

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfdiffusion import files
 from tfdiffusion import images as tfd_images
 from tfdiffusion import metrics
+from tfdiffusion import samplers
 from tfdiffusion import validation
 
 __all__ = ["optimizer_step", "AtomicCheckpoint", "SampleGrid", "StopAtStep", "remove_stale_temp_files"]
@@ -122,11 +123,12 @@ class SampleGrid(keras.callbacks.Callback):
         self.directory = os.fspath(directory)
         self.num_images = validation.check_int("num_images", num_images, 1)
         self.every_epochs = validation.check_int("every_epochs", every_epochs, 1)
-        self.generate_kwargs = dict(sampler=sampler, num_steps=validation.check_int("num_steps", num_steps, 1),
+        self.generate_kwargs = dict(sampler=samplers.get_sampler(sampler).name,
+                                    num_steps=validation.check_int("num_steps", num_steps, 1),
                                     guidance_scale=validation.check_number("guidance_scale", guidance_scale),
-                                    seed=validation.check_int("seed", seed, None))
+                                    seed=validation.check_seed("seed", seed))
         self.labels = labels
-        self.columns = columns
+        self.columns = validation.check_optional_int("columns", columns)
         self.log_dir = log_dir
         if (real_images is None) != (feature_extractor is None):
             raise ValueError("`real_images` and `feature_extractor` go together (both for FID/KID, or neither). "
@@ -135,10 +137,13 @@ class SampleGrid(keras.callbacks.Callback):
         self.real_images = real_images
         self.feature_extractor = feature_extractor
         self.metric_images = validation.check_int("metric_images", metric_images, 2)
+        if isinstance(metric_names, str):
+            raise TypeError(f"`metric_names` must be a sequence of names from ('fid', 'kid'), not one string. "
+                            f"Received: metric_names={metric_names!r} (write ({metric_names!r},))")
         self.metric_names = tuple(metric_names)
         for name in self.metric_names:
             validation.check_choice("metric_names", name, ("fid", "kid"))
-        self.skip_from_step = skip_from_step
+        self.skip_from_step = validation.check_optional_int("skip_from_step", skip_from_step, 0)
         self.paths: List[str] = []
         self._writer = None
 
@@ -149,6 +154,14 @@ class SampleGrid(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "samples"))
         return self._writer
 
+    def _count(self) -> int:
+        """Images drawn per grid: the grid's, or the metrics' when there are more."""
+        return max(self.num_images, self.metric_images) if self.real_images is not None else self.num_images
+
+    def on_train_begin(self, logs=None):
+        """Checks the grid's `generate` arguments against the model (labels, steps, guidance) before training."""
+        self.model.check_generate_arguments(self._count(), labels=self.labels, **self.generate_kwargs)
+
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_epochs:
             return
@@ -156,8 +169,7 @@ class SampleGrid(keras.callbacks.Callback):
         if self.skip_from_step is not None and step >= self.skip_from_step:
             return
         with_metrics = self.real_images is not None
-        count = max(self.num_images, self.metric_images) if with_metrics else self.num_images
-        generated = self.model.generate(count, labels=self.labels, **self.generate_kwargs)
+        generated = self.model.generate(self._count(), labels=self.labels, **self.generate_kwargs)
         grid = generated[:self.num_images]
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"samples_step{step:07d}.png")

@@ -15,7 +15,7 @@ from tfdiffusion import samplers
 from tfdiffusion import sampling
 from tfdiffusion import validation
 
-__all__ = ["ImageGeneration", "merge_eta"]
+__all__ = ["ImageGeneration", "merge_eta", "report_progress"]
 
 
 def merge_eta(eta: Optional[float], options: Optional[Mapping[str, float]]) -> Dict[str, Any]:
@@ -28,6 +28,20 @@ def merge_eta(eta: Optional[float], options: Optional[Mapping[str, float]]) -> D
             raise ValueError(f"`eta` is given twice: eta={eta!r} and options['eta']={merged['eta']!r}")
         merged["eta"] = eta
     return merged
+
+
+def report_progress(progress: Callable[[int, int], None], done: int, total: int) -> None:
+    """Calls a user's `progress(done, total)`, first checking that it takes those two arguments.
+
+    Raises:
+        TypeError: `progress` is not callable as `progress(done, total)`, naming it.
+    """
+    validation.check_callable("progress", progress, done, total, call="progress(done, total)")
+    try:
+        progress(done, total)
+    except TypeError as error:  # a callable whose signature Python could not show, called wrongly
+        raise TypeError(f"`progress` must be callable as progress(done, total); progress({done}, {total}) "
+                        f"raised TypeError: {error}") from error
 
 
 class ImageGeneration:
@@ -113,7 +127,9 @@ class ImageGeneration:
             jit_compile: compile the sampling loop with XLA (per replica
                 under a multi-replica strategy); None: yes. (XLA draws other
                 random numbers than the CPU kernels for the same seed.)
-            progress: optional `progress(done, total)` called after each batch.
+            progress: optional `progress(done, total)`, called with
+                `(0, num_images)` before sampling (a callable that cannot be
+                called so is refused before any work) and after each batch.
             threshold: dynamic thresholding (Saharia et al. 2022) of each
                 predicted x_0 at this percentile in (0, 1] (0.995 in the
                 paper), instead of plain clipping; None: off.
@@ -123,6 +139,41 @@ class ImageGeneration:
         Returns:
             uint8 numpy array `[num_images, H, W, C]`.
         """
+        plan = self._generate_plan(num_images, sampler, num_steps, seed, labels, guidance_scale, eta,
+                                   clip_denoised, spacing, batch_size, jit_compile, threshold, options)
+        if progress is not None:
+            report_progress(progress, 0, num_images)
+        image_sampler, labels = plan["image_sampler"], plan["labels"]
+        base_seed = tfd_random.seed_pair(plan["seed"])
+        outputs = []
+        for start in range(0, num_images, plan["batch_size"]):
+            count = min(plan["batch_size"], num_images - start)
+            noise, batch_seed = sampling.initial_noise(base_seed, start, (count,) + self.image_shape)
+            outputs.append(image_sampler(noise, batch_seed, plan["num_steps"],
+                                         None if labels is None else labels[start:start + count],
+                                         plan["guidance_scale"], plan["options"],
+                                         strategy=self.distribute_strategy).numpy())
+            if progress is not None:
+                progress(start + count, num_images)
+        return np.concatenate(outputs, axis=0)
+
+    def check_generate_arguments(self, num_images: int, sampler: str = "ddim", num_steps: int = 50,
+                                 seed: Optional[int] = None, labels: Any = None, guidance_scale: float = 1.0,
+                                 eta: Optional[float] = None, clip_denoised: Optional[bool] = None,
+                                 spacing: Optional[str] = None, batch_size: Optional[int] = None,
+                                 jit_compile: Optional[bool] = None, threshold: Optional[float] = None,
+                                 options: Optional[Mapping[str, float]] = None) -> None:
+        """Checks `generate`'s arguments as `generate` does, without sampling (e.g. a callback's, before training).
+
+        Raises:
+            ValueError, TypeError: as `generate` would.
+        """
+        self._generate_plan(num_images, sampler, num_steps, seed, labels, guidance_scale, eta, clip_denoised,
+                            spacing, batch_size, jit_compile, threshold, options)
+
+    def _generate_plan(self, num_images, sampler, num_steps, seed, labels, guidance_scale, eta, clip_denoised,
+                       spacing, batch_size, jit_compile, threshold, options) -> Dict[str, Any]:
+        """`generate`'s arguments checked (before any work): the image sampler and the values it takes."""
         num_images = validation.check_int("num_images", num_images)
         seed = tfd_random.check_seed(seed)
         guidance_scale = validation.check_number("guidance_scale", guidance_scale)
@@ -130,7 +181,6 @@ class ImageGeneration:
             "clip_denoised", clip_denoised)
         batch_size = validation.check_int("batch_size", num_images if batch_size is None else batch_size)
         jit_compile = True if jit_compile is None else validation.check_bool("jit_compile", jit_compile)
-        strategy = self.distribute_strategy
         if self.num_classes is None and guidance_scale != 1.0:
             raise ValueError("`guidance_scale` needs a class-conditional network; this one is "
                              f"unconditional. Received: guidance_scale={guidance_scale}")
@@ -143,15 +193,6 @@ class ImageGeneration:
         if guidance_scale != 1.0 and self.label_dropout == 0.0:
             warnings.warn(f"Sampling with guidance_scale={guidance_scale:g} from a model trained with "
                           "label_dropout=0: its null-label embedding never trained, so the guidance "
-                          "direction is arbitrary.", stacklevel=2)
-        base_seed = tfd_random.seed_pair(seed)
-        outputs = []
-        for start in range(0, num_images, batch_size):
-            count = min(batch_size, num_images - start)
-            noise, batch_seed = sampling.initial_noise(base_seed, start, (count,) + self.image_shape)
-            outputs.append(image_sampler(noise, batch_seed, num_steps,
-                                         None if labels is None else labels[start:start + count],
-                                         guidance_scale, options, strategy=strategy).numpy())
-            if progress is not None:
-                progress(start + count, num_images)
-        return np.concatenate(outputs, axis=0)
+                          "direction is arbitrary.", stacklevel=3)
+        return dict(image_sampler=image_sampler, num_steps=num_steps, seed=seed, labels=labels,
+                    guidance_scale=guidance_scale, batch_size=batch_size, options=options)

@@ -21,6 +21,7 @@ from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
 from tfdiffusion.generation import merge_eta
+from tfdiffusion.generation import report_progress
 from tfdiffusion.loading import load_model
 from tfdiffusion.serving import generate_inputs
 
@@ -151,7 +152,8 @@ class ServedModel:
                 uses `seed` itself, later ones seeds derived from it, so
                 batches after the first differ from `DiffusionModel.generate`'s.
             jit_compile: None or the export's XLA mode (it is fixed in the graph).
-            progress: optional `progress(done, total)` after each batch.
+            progress: optional `progress(done, total)`, called with `(0,
+                num_images)` before sampling and after each batch.
             options: the sampler's other run-time options by name, e.g.
                 `{"churn": 10.0}` for "heun" (None: the defaults).
 
@@ -177,6 +179,8 @@ class ServedModel:
             raise ValueError(f"This SavedModel was exported with jit_compile={self.jit_compile}; XLA is fixed in "
                              f"its graph. Received: jit_compile={jit_compile} (re-export to change it)")
         labels = self._labels(num_images, labels)
+        if progress is not None:
+            report_progress(progress, 0, num_images)
         signature = self._loaded.signatures[info["signature"]]
         outputs = []
         for index, start in enumerate(range(0, num_images, batch_size)):
