@@ -135,7 +135,8 @@ def test_every_class_appears_with_its_name():
         ({"num_images": 2.5}, TypeError, "`num_images` must be an integer >= 1. Received: num_images=2.5"),
         ({"num_images": True}, TypeError, "`num_images` must be an integer >= 1. Received: num_images=True"),
         ({"image_size": 4}, ValueError, "`image_size` must be an integer >= 8. Received: image_size=4"),
-        ({"seed": -1}, ValueError, "`seed` must be an integer >= 0. Received: seed=-1"),
+        ({"seed": -1}, ValueError,
+         "`seed` must be an integer in [0, 2**63 - 1] (a seed is an int64). Received: seed=-1"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, error, message):

@@ -297,6 +297,8 @@ class GaussianDiffusion(ReverseProcess, DiffusionLosses, DiffusionSampling):
         if noise is None:
             noise = tfd_random.random_normal(tf.shape(x_start), tfd_random.seed_pair(seed))
         noise = tf.convert_to_tensor(noise, tf.float32)
+        if not noise.shape.is_compatible_with(x_start.shape):
+            raise ValueError(f"`noise` must be shaped like `x_start` {x_start.shape}. Received shape {noise.shape}")
         return self.extract("sqrt_abar", t, x_start) * x_start + self.extract("sqrt_one_minus_abar", t,
                                                                                 x_start) * noise
 

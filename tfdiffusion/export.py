@@ -96,6 +96,9 @@ def _check_spacing(samplers: Sequence[str], spacing: str) -> None:
 def _check_arguments(model, samplers, default_sampler, max_images, jit_compile, overwrite):
     if not isinstance(model, DiffusionModel):
         raise TypeError(f"`model` must be a tfdiffusion DiffusionModel. Received: {type(model).__name__}")
+    if isinstance(samplers, str):
+        raise TypeError(f"`samplers` must be a sequence of sampler names, not one string. Received: "
+                        f"samplers={samplers!r} (write [{samplers!r}])")
     names = samplers_lib.sampler_names() if samplers is None else tuple(samplers)
     if not names:
         raise ValueError("`samplers` must name at least one sampler. Received: samplers=()")

@@ -18,8 +18,11 @@ def resolve_model_path(path: str) -> str:
 
     Raises:
         FileNotFoundError: nothing there.
+        TypeError: `path` is not a path.
         ValueError: a folder without a model.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a .keras file or a run folder (str or os.PathLike). Received: path={path!r}")
     path = os.fspath(path)
     if os.path.isdir(path):
         inside = os.path.join(path, MODEL_FILE)

@@ -5,6 +5,7 @@ import dataclasses
 import keras
 
 from tfdiffusion import schedules
+from tfdiffusion import validation
 from tfdiffusion.diffusion import GaussianDiffusion
 from tfdiffusion.model import DiffusionModel
 from tfdiffusion.nn import UNet
@@ -119,19 +120,23 @@ def build_model(preset, num_classes=None, image_size=None, channels=None, seed=0
 
     Args:
         preset: a `Preset` or its name.
-        num_classes: classes of a conditional model (None: unconditional).
-        image_size, channels: override the preset's image shape.
+        num_classes: classes of a conditional model (None: unconditional;
+            an unconditional preset ignores it).
+        image_size, channels: override the preset's image shape (None: the preset's).
         seed: base seed of the training noise and timesteps.
         **overrides: `Preset` fields to replace (e.g. `num_timesteps=100`).
 
     Returns:
         A `DiffusionModel` with a built `UNet`.
     """
+    seed = validation.check_seed("seed", seed)
+    image_size = None if image_size is None else validation.check_int("image_size", image_size)
+    channels = None if channels is None else validation.check_int("channels", channels)
     preset = get_preset(preset) if isinstance(preset, str) else preset
     preset = dataclasses.replace(preset, **overrides)
     unet = UNet(
-        image_size=image_size or preset.image_size,
-        in_channels=channels or preset.channels,
+        image_size=preset.image_size if image_size is None else image_size,
+        in_channels=preset.channels if channels is None else channels,
         num_classes=num_classes if preset.conditional else None,
         learn_sigma=preset.model_var_type == "learned_range",
         **preset.unet,

@@ -145,7 +145,7 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def check_callable(name: str, value: Any, *arguments: Any, call: str = "") -> Callable:
+def check_callable(name: str, value: Any, *arguments: Any, call: str = "", **keywords: Any) -> Callable:
     """Returns `value` if it is callable and its signature takes `arguments` (checked, not called).
 
     Args:
@@ -153,6 +153,7 @@ def check_callable(name: str, value: Any, *arguments: Any, call: str = "") -> Ca
         value: what the caller passed.
         *arguments: example positional arguments the callable will get.
         call: how it will be called, for the message (e.g. "progress(done, total)").
+        **keywords: example keyword arguments it will get.
 
     Raises:
         TypeError: not callable, or its signature does not take `arguments`.
@@ -165,10 +166,10 @@ def check_callable(name: str, value: Any, *arguments: Any, call: str = "") -> Ca
     except (TypeError, ValueError):  # some builtins do not tell: they are called as they are
         return value
     try:
-        signature.bind(*arguments)
+        signature.bind(*arguments, **keywords)
     except TypeError as error:
         raise TypeError(f"`{name}` must be a callable called as {call}; its signature {signature} does not "
-                        f"take {len(arguments)} positional arguments ({error}). Received: {name}={value!r}") from None
+                        f"take those arguments ({error}). Received: {name}={value!r}") from None
     return value
 
 

@@ -53,6 +53,7 @@ def load_shapes(
             f"`split` must be one of {sorted(_SHAPES_SPLITS)}. Received: split={split!r}"
         )
     batch_size = validation.check_int("batch_size", batch_size)
+    seed = pipeline.check_options(seed, with_labels, shuffle=shuffle, drop_remainder=drop_remainder, repeat=repeat)
     data_seed, default_size = _SHAPES_SPLITS[split]
     num_images = default_size if num_images is None else validation.check_int("num_images", num_images)
     pipeline.check_enough_examples(

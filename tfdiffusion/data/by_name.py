@@ -5,6 +5,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfdiffusion import validation
 from tfdiffusion.data.builtin import load_shapes
 from tfdiffusion.data.folder import load_image_folder
 from tfdiffusion.data.pipeline import ImageDataset
@@ -50,6 +51,10 @@ def load_dataset(name: str, split: Optional[str] = None, image_size: int = 32, b
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"`name` must be a data set name or a directory. Received: name={name!r}")
+    validation.check_bool("training", training)
+    validation.check_bool("download", download)
+    validation.check_bool("skip_unreadable", skip_unreadable)
+    seed = validation.check_seed("seed", seed)
     options = dict(shuffle=training, seed=seed, drop_remainder=training)
     try:
         if name == "shapes":

@@ -100,8 +100,10 @@ def load_image_folder(
     """
     image_size = validation.check_int("image_size", image_size)
     batch_size = validation.check_int("batch_size", batch_size)
-    validation.check_bool("skip_unreadable", skip_unreadable)
-    if channels not in (1, 3):
+    seed = pipeline.check_options(seed, with_labels, shuffle=shuffle, random_flip=random_flip,
+                                  center_crop=center_crop, drop_remainder=drop_remainder, repeat=repeat,
+                                  skip_unreadable=skip_unreadable)
+    if not validation.is_int(channels) or channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
     path = os.fspath(path)
     if not tf.io.gfile.isdir(path):

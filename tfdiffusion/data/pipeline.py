@@ -5,7 +5,9 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-__all__ = ["ImageDataset", "batch_and_scale", "check_enough_examples", "crop_resize"]
+from tfdiffusion import validation
+
+__all__ = ["ImageDataset", "batch_and_scale", "check_enough_examples", "check_options", "crop_resize"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,16 @@ class ImageDataset:
     class_names: Optional[Tuple[str, ...]]
     num_examples: Optional[int]
     num_skipped: int = 0
+
+
+def check_options(seed, with_labels=None, **switches):
+    """Checks the loaders' shared options before any work: the seed (None or an int64) and the switches
+    (`shuffle=`, `repeat=`, ...: True or False; `with_labels` may also be None). Returns the seed."""
+    for name, value in switches.items():
+        validation.check_bool(name, value)
+    if with_labels is not None:
+        validation.check_bool("with_labels", with_labels)
+    return validation.check_seed("seed", seed)
 
 
 def check_enough_examples(num_examples, batch_size, drop_remainder, repeat, source):

@@ -70,6 +70,8 @@ def load_tfds(
     image_size = validation.check_int("image_size", image_size)
     batch_size = validation.check_int("batch_size", batch_size)
     shuffle_buffer = validation.check_int("shuffle_buffer", shuffle_buffer)
+    seed = pipeline.check_options(seed, with_labels, download=download, shuffle=shuffle, random_flip=random_flip,
+                                  center_crop=center_crop, drop_remainder=drop_remainder, repeat=repeat)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.DatasetNotFoundError as error:

@@ -4,6 +4,8 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
+from tfdiffusion import validation
+
 __all__ = ["classifier_free_guidance"]
 
 
@@ -34,6 +36,11 @@ def classifier_free_guidance(model_fn: Callable, guidance_scale: Any, null_label
     if null_label is None:
         raise ValueError("Classifier-free guidance needs the network's null label (`null_label`, the "
                          "label meaning 'no class'); this network has none.")
+    validation.check_callable("model_fn", model_fn, None, None, y=None, call="model_fn(x_t, t, y=labels)")
+    if not tf.is_tensor(guidance_scale):
+        guidance_scale = validation.check_number("guidance_scale", guidance_scale)
+    validation.check_int("null_label", null_label, 0)
+    validation.check_int("num_channels", num_channels)
 
     def guided(x_t, t, y, **kwargs):
         y = tf.convert_to_tensor(y, tf.int32)

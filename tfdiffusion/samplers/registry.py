@@ -55,6 +55,10 @@ class Sampler:
     def __init__(self, diffusion, spacing: str = "leading", clip_denoised: bool = True,
                  denoised_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
                  threshold: Optional[float] = None):
+        if not hasattr(diffusion, "alphas_cumprod") or not hasattr(diffusion, "num_timesteps"):
+            raise TypeError(f"`diffusion` must be a GaussianDiffusion. Received: diffusion={diffusion!r}")
+        if denoised_fn is not None:
+            validation.check_callable("denoised_fn", denoised_fn, None, call="denoised_fn(pred_xstart)")
         self.diffusion = diffusion
         self.spacing = validation.check_choice("spacing", spacing, self.spacings)
         self.clip_denoised = validation.check_bool("clip_denoised", clip_denoised)
@@ -179,6 +183,8 @@ def bounded_loop(num_steps: Any, max_steps: int, body: Callable, state: Tuple) -
 
 def register_sampler(cls: Type[Sampler]) -> Type[Sampler]:
     """Class decorator: makes a `Sampler` subclass available under its `name`."""
+    if not isinstance(cls, type) or not issubclass(cls, Sampler):
+        raise TypeError(f"`register_sampler` takes a subclass of tfdiffusion.Sampler. Received: {cls!r}")
     if not cls.name or cls.name in _REGISTRY:
         raise ValueError(f"A sampler needs a new, non-empty `name`. Received: {cls.name!r} "
                          f"(registered: {sampler_names()})")
