@@ -194,7 +194,18 @@ def _api_cases():
     def fit(images, labels=None, model="model"):
         return lambda e: getattr(e, model).fit(_dataset(images, labels), verbose=0)
 
+    def fit_validation(validation_data):
+        return lambda e: e.model.fit(_dataset(_images(4), labels4), validation_data=validation_data, verbose=0)
+
+    def fit_weighted(weights):
+        return lambda e: e.model.fit(tf.data.Dataset.from_tensor_slices((_images(4), labels4, np.asarray(weights)))
+                                     .batch(4), verbose=0)
+
+    def zeros_fn(x, t, **kwargs):
+        return tf.zeros_like(x)
+
     labels4 = np.array([0, 1, 2, 0], np.int32)
+    beyond_int64 = 2 ** 63
     return [
         # GaussianDiffusion
         Case("diffusion-betas-string", gd(betas="cosine"), TypeError, ["betas"]),
@@ -367,6 +378,118 @@ def _api_cases():
              TypeError, ["steps"]),
         Case("train-guidance-nan", lambda e: training.train(
             e.path("x"), training.TrainSettings(guidance_scale=float("nan"))), ValueError, ["guidance_scale"]),
+        # issue 23: fit and generate inputs
+        # -- seeds beyond int64, refused up front by validation.check_seed (not inside TensorFlow)
+        Case("generate-seed-beyond-int64", gen(seed=beyond_int64), ValueError, ["`seed`", "2**63 - 1"]),
+        Case("generate-seed-below-int64", gen(seed=-beyond_int64 - 1), ValueError, ["`seed`", "-2**63"]),
+        Case("model-seed-beyond-int64", dm(seed=beyond_int64), ValueError, ["`seed`", "2**63 - 1"]),
+        Case("model-evaluation-seed-beyond-int64", lambda e: e.model.set_evaluation_seed(beyond_int64), ValueError,
+             ["`seed`"]),
+        Case("q-sample-seed-beyond-int64", lambda e: e.diffusion.q_sample(_images(2), [1, 2], seed=beyond_int64),
+             ValueError, ["`seed`"]),
+        Case("q-sample-seed-pair-beyond-int64", lambda e: e.diffusion.q_sample(
+            _images(2), [1, 2], seed=[beyond_int64, 0]), ValueError, ["`seed`"]),
+        Case("losses-seed-beyond-int64", lambda e: e.diffusion.training_losses(zeros_fn, _images(2), [1, 2],
+                                                                        seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("p-sample-loop-seed-beyond-int64", lambda e: e.diffusion.p_sample_loop(
+            zeros_fn, [1, 8, 8, 3], seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("ddim-seed-beyond-int64", lambda e: e.diffusion.ddim_sample_loop(zeros_fn, [1, 8, 8, 3], num_steps=2,
+                                                                       seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("bpd-seed-beyond-int64", lambda e: e.diffusion.calc_bpd_loop(zeros_fn, _images(2), seed=beyond_int64),
+             ValueError, ["`seed`"]),
+        Case("bpd-timesteps-seed-beyond-int64", lambda e: e.diffusion.bpd_timesteps(4, seed=beyond_int64), ValueError,
+             ["`seed`"]),
+        Case("sampler-seed-beyond-int64", lambda e: tfdiff.get_sampler("ddim")(e.diffusion).sample(
+            zeros_fn, np.zeros((1, 8, 8, 3), np.float32), 2, seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("shapes-seed-beyond-int64", lambda e: data.load_shapes("train", 8, 4, seed=beyond_int64), ValueError,
+             ["`seed`"]),
+        Case("shapes-seed-float", lambda e: data.load_shapes("train", 8, 4, seed=1.5), TypeError, ["`seed`"]),
+        Case("folder-seed-beyond-int64", lambda e: data.load_image_folder(e.images_dir, 8, 2, seed=beyond_int64),
+             ValueError, ["`seed`"]),
+        Case("tfds-seed-beyond-int64", lambda e: data.load_tfds("no_such_dataset_xyz", seed=beyond_int64,
+                                                                download=False), ValueError, ["`seed`"]),
+        Case("dataset-seed-beyond-int64", lambda e: data.load_dataset("shapes", image_size=8, batch_size=4,
+                                                               seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("sample-grid-seed-beyond-int64", lambda e: tfdiff.callbacks.SampleGrid(e.path("grid"), seed=beyond_int64),
+             ValueError, ["`seed`"]),
+        Case("make-shapes-seed-beyond-int64", lambda e: tfdiff.make_shapes(2, 8, seed=2 ** 70), ValueError, ["`seed`"]),
+        Case("build-model-seed-beyond-int64", lambda e: tfdiff.build_model("shapes", seed=beyond_int64), ValueError,
+             ["`seed`"]),
+        Case("kid-seed-beyond-int64", lambda e: tfdiff.metrics.KernelInceptionDistance(_mean_color, feature_dim=3,
+                                                                              seed=beyond_int64), ValueError,
+             ["`seed`"]),
+        Case("kid-function-seed-beyond-int64", lambda e: tfdiff.metrics.kernel_inception_distance(
+            np.zeros((4, 3)), np.zeros((4, 3)), seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("serving-inputs-seed-beyond-int64", lambda e: tfdiff.serving.generate_inputs(
+            beyond_int64, 2, num_images=2), ValueError, ["`seed`"]),
+        # -- callbacks checked before the work
+        Case("generate-progress-not-callable", gen(progress=5), TypeError, ["`progress`"]),
+        Case("generate-progress-one-argument", gen(progress=lambda done: None), TypeError,
+             ["`progress`", "progress(done, total)"]),
+        Case("sample-grid-sampler", lambda e: tfdiff.callbacks.SampleGrid(e.path("grid"), sampler="euler-maruyama"),
+             ValueError, ["`sampler`"]),
+        Case("sample-grid-metric-names-string", lambda e: tfdiff.callbacks.SampleGrid(
+            e.path("grid"), metric_names="fid"), TypeError, ["`metric_names`", "not one string"]),
+        Case("guidance-model-fn-not-callable", lambda e: tfdiff.classifier_free_guidance(5, 2.0, 3, 3), TypeError,
+             ["`model_fn`"]),
+        Case("guidance-scale-string", lambda e: tfdiff.classifier_free_guidance(zeros_fn, "2", 3, 3), TypeError,
+             ["`guidance_scale`"]),
+        Case("guidance-scale-nan", lambda e: tfdiff.classifier_free_guidance(zeros_fn, float("nan"), 3, 3),
+             ValueError, ["`guidance_scale`"]),
+        # -- validation_data: checked before the first epoch, named
+        Case("fit-validation-image-size", fit_validation(_dataset(np.zeros((4, 16, 16, 3), np.float32), labels4)),
+             ValueError, ["`validation_data`", "[B, 8, 8, 3]"]),
+        Case("fit-validation-uint8", fit_validation(_dataset(np.zeros((4, 8, 8, 3), np.uint8), labels4)), TypeError,
+             ["`validation_data`", "float"]),
+        Case("fit-validation-float-labels", fit_validation(_dataset(_images(4), np.zeros(4, np.float32))),
+             TypeError, ["`validation_data`", "labels"]),
+        Case("fit-validation-no-labels", fit_validation(_dataset(_images(4))), ValueError,
+             ["`validation_data`", "labels"]),
+        Case("fit-validation-nan", fit_validation(_dataset(_images(4, np.nan), labels4)), ValueError,
+             ["`validation_data`", "NaN"]),
+        Case("fit-validation-arrays-image-size", fit_validation((np.zeros((4, 16, 16, 3), np.float32), labels4)),
+             ValueError, ["`validation_data`", "[B, 8, 8, 3]"]),
+        # -- a learned-variance network with a fixed-variance diffusion (or the reverse), at construction
+        Case("model-learn-sigma-fixed-variances", dm(network=_unet(learn_sigma=True)), ValueError,
+             ["`network`", "learn_sigma=True", "`diffusion`", "model_var_type='fixed_small'"]),
+        Case("model-fixed-network-learned-variances", lambda e: tfdiff.DiffusionModel(
+            _unet(), _diffusion(model_var_type="learned_range", loss_type="hybrid")), ValueError,
+             ["`network`", "learn_sigma=False", "`diffusion`", "model_var_type='learned_range'"]),
+        Case("model-network-not-keras", dm(network="unet"), TypeError, ["`network`"]),
+        # -- sample weights: finite, >= 0, one per example; Keras' batch order
+        Case("fit-sample-weight-negative", fit_weighted([1, -1, 1, 1]), ValueError, ["`sample_weight`", ">= 0"]),
+        Case("fit-sample-weight-nan", fit_weighted([1, np.nan, 1, 1]), ValueError, ["`sample_weight`", "finite"]),
+        Case("fit-sample-weight-inf", fit_weighted([1, np.inf, 1, 1]), ValueError, ["`sample_weight`", "finite"]),
+        Case("fit-sample-weight-bool", fit_weighted([True, False, True, True]), TypeError, ["`sample_weight`"]),
+        Case("fit-sample-weight-matrix", fit_weighted(np.ones((4, 2))), ValueError, ["`sample_weight`", "[B]"]),
+        Case("fit-uncond-images-and-weights", fit(_images(4), np.ones(4, np.float32), model="uncond"), ValueError,
+             ["labels", "(images, None, sample_weight)"]),
+        Case("fit-four-parts", lambda e: e.model.fit(tf.data.Dataset.from_tensor_slices(
+            (_images(4), labels4, np.ones(4, np.float32), labels4)).batch(4), verbose=0), ValueError,
+             ["(images, labels, sample_weight)", "4 parts"]),
+        # -- strings where a sequence is expected, and other arguments the audit found
+        Case("export-samplers-string", lambda e: tfdiff.export_saved_model(e.model, e.path("served"), samplers="ddim"),
+             TypeError, ["`samplers`", "not one string"]),
+        Case("build-model-image-size-0", lambda e: tfdiff.build_model("shapes", image_size=0), ValueError,
+             ["`image_size`"]),
+        Case("build-model-channels-bool", lambda e: tfdiff.build_model("shapes", channels=True), TypeError,
+             ["`channels`"]),
+        Case("folder-channels-bool", lambda e: data.load_image_folder(e.images_dir, 8, 2, channels=True), ValueError,
+             ["`channels`"]),
+        Case("folder-shuffle-string", lambda e: data.load_image_folder(e.images_dir, 8, 2, shuffle="no"), TypeError,
+             ["`shuffle`"]),
+        Case("shapes-repeat-int", lambda e: data.load_shapes("train", 8, 4, repeat=1), TypeError, ["`repeat`"]),
+        Case("dataset-training-string", lambda e: data.load_dataset("shapes", image_size=8, batch_size=4,
+                                                                    training="no"), TypeError, ["`training`"]),
+        Case("register-sampler-not-a-class", lambda e: tfdiff.register_sampler(5), TypeError, ["Sampler"]),
+        Case("sampler-diffusion-string", lambda e: tfdiff.get_sampler("ddim")("cosine"), TypeError, ["`diffusion`"]),
+        Case("q-sample-noise-shape", lambda e: e.diffusion.q_sample(_images(2), [1, 2],
+                                                                    noise=np.zeros((3, 8, 8, 3), np.float32)),
+             ValueError, ["`noise`"]),
+        Case("losses-noise-shape", lambda e: e.diffusion.training_losses(zeros_fn, _images(2), [1, 2],
+                                                                         noise=np.zeros((3, 8, 8, 3), np.float32)),
+             ValueError, ["`noise`"]),
+        Case("load-model-not-a-path", lambda e: tfdiff.load_model(5), TypeError, ["`path`"]),
     ]
 
 
