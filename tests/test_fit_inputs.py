@@ -272,3 +272,27 @@ def test_bad_validation_data_is_refused_before_training():
     with pytest.raises(ValueError, match=r"`validation_data`.*\[B, 8, 8, 3\]"):
         model.fit(train, validation_data=(np.zeros((4, 16, 16, 3), np.float32), LABELS), verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 0
+
+
+def test_a_lowered_training_step_takes_weighted_unconditional_batches(monkeypatch):
+    # `enable_compilation_cache(lowered_steps=True)`'s saved step gets (images, None, sample_weight) batches
+    # (None has no shape of its own) and trains as the traced XLA step does.
+    def train(lowered):
+        monkeypatch.setenv("TFDIFFUSION_LOWERED_STEPS", "1" if lowered else "0")
+        keras.utils.set_random_seed(0)
+        network = tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(), dropout=0.0, num_groups=4)
+        model = _model(network, jit_compile=True)
+        data = tf.data.Dataset.from_tensor_slices((_images(), None, WEIGHTS)).batch(4, drop_remainder=True)
+        data = data.repeat(2)  # static shapes: the batches a lowered step is kept for
+        loss = model.fit(data, verbose=0).history["loss"][0]
+        return model, loss
+
+    lowered, lowered_loss = train(True)
+    step = lowered.lowered_train_step
+    assert step is not None and len(step.saved + step.loaded) == 1
+    traced, traced_loss = train(False)
+    assert getattr(traced, "lowered_train_step", None) is None
+    assert lowered_loss == pytest.approx(traced_loss, rel=1e-5)
+    for a, b in zip(lowered.network.weights, traced.network.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

@@ -225,6 +225,9 @@ class LoweredTrainStep:
 
     def prepare(self, element_spec) -> None:
         """Loads or makes the entry for batches of `element_spec` (a `tf.data` element spec); eager."""
+        # A part the batches do not hold (`(images, None, sample_weight)`) is None in the batches themselves.
+        element_spec = tf.nest.map_structure(lambda spec: None if isinstance(spec, tf.NoneTensorSpec) else spec,
+                                             element_spec)
         signature = self._signature_of(element_spec)
         flat = [x for x in tf.nest.flatten(element_spec) if x is not None]
         if signature in self._calls or not all(spec.shape.is_fully_defined() for spec in flat):
