@@ -113,21 +113,17 @@ def test_weighted_loss_and_gradient_match_float64(jit_compile):
 
 
 def test_all_zero_weights_give_loss_zero_and_leave_the_weights():
-    # A real UNet, unconditional, weights as Keras' (images, None, sample_weight). A fresh Adam's update of a
-    # zero gradient is exactly zero, and the EMA of unmoved weights stays put; the step itself still counts.
-    network = tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                          attention_resolutions=(), dropout=0.0, num_groups=4)
-    model = _model(network, optimizer=keras.optimizers.Adam(1e-2))
-    before = [w.numpy().copy() for w in model.network.weights]
+    # Unconditional, weights as Keras' (images, None, sample_weight). A fresh Adam's update of a zero gradient
+    # is exactly zero, and the EMA of unmoved weights stays put; the step itself still counts.
+    model = _model(ScaledInput(record=False), optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(_batches(_images(), None, np.zeros(4, np.float32)), verbose=0)
     assert history.history["loss"][0] == 0.0 and history.history["mse"][0] == 0.0
     assert int(model.optimizer.iterations.numpy()) == 1
-    for weight, ema, value in zip(model.network.weights, model.ema_network.weights, before):
-        np.testing.assert_array_equal(weight.numpy(), value)
-        np.testing.assert_array_equal(ema.numpy(), value)
+    for weight, ema in zip(model.network.trainable_weights, model.ema_network.trainable_weights):
+        assert weight.numpy() == ema.numpy() == np.float32(0.3 if weight.name == "scale" else 0.1)
     # The same batch with weight 1 trains.
     model.fit(_batches(_images(), None, np.ones(4, np.float32)), verbose=0)
-    assert any(not np.array_equal(w.numpy(), v) for w, v in zip(model.network.weights, before))
+    assert model.network.scale.numpy() != np.float32(0.3)
 
 
 def test_a_duplicated_example_weighs_as_one_copy_of_weight_two():
@@ -143,8 +139,6 @@ def test_a_duplicated_example_weighs_as_one_copy_of_weight_two():
     np.testing.assert_allclose(double, twice, rtol=1e-6)
     per_example = [np.mean((x.astype(np.float64) - 0.1) ** 2) for x in (a, b, c)]
     np.testing.assert_allclose(twice[0], (2 * per_example[0] + per_example[1] + per_example[2]) / 4, rtol=1e-5)
-    unweighted = step(np.stack([a, b, c, d]), np.ones(4, np.float32))
-    assert abs(unweighted[1] - double[1]) > 1e-4
 
 
 def test_two_replicas_average_the_weighted_loss_over_the_global_batch():
@@ -280,11 +274,11 @@ def test_a_lowered_training_step_takes_weighted_unconditional_batches(monkeypatc
     def train(lowered):
         monkeypatch.setenv("TFDIFFUSION_LOWERED_STEPS", "1" if lowered else "0")
         keras.utils.set_random_seed(0)
-        network = tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                              attention_resolutions=(), dropout=0.0, num_groups=4)
+        network = tfdiff.UNet(image_size=8, in_channels=3, base_channels=4, channel_mult=(1,), num_res_blocks=1,
+                              attention_resolutions=(), dropout=0.0, num_groups=2)
         model = _model(network, jit_compile=True)
+        # Static shapes: the batches a lowered step is kept for.
         data = tf.data.Dataset.from_tensor_slices((_images(), None, WEIGHTS)).batch(4, drop_remainder=True)
-        data = data.repeat(2)  # static shapes: the batches a lowered step is kept for
         loss = model.fit(data, verbose=0).history["loss"][0]
         return model, loss
 
