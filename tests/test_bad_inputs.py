@@ -420,6 +420,8 @@ def _api_cases():
              ["`seed`"]),
         Case("kid-function-seed-beyond-int64", lambda e: tfdiff.metrics.kernel_inception_distance(
             np.zeros((4, 3)), np.zeros((4, 3)), seed=beyond_int64), ValueError, ["`seed`"]),
+        Case("shapes-network-seed-beyond-int64", lambda e: tfdiff.features.build_shapes_network(seed=beyond_int64),
+             ValueError, ["`seed`"]),
         Case("serving-inputs-seed-beyond-int64", lambda e: tfdiff.serving.generate_inputs(
             beyond_int64, 2, num_images=2), ValueError, ["`seed`"]),
         # -- callbacks checked before the work

@@ -247,8 +247,10 @@ def build_shapes_network(seed: Optional[int] = None) -> keras.Model:
         Keras model: float32 `[B, SHAPES_INPUT_SIZE, SHAPES_INPUT_SIZE, 3]`
         in [-1, 1] -> logits `[B, len(shapes.CLASS_NAMES)]`.
     """
-    def init(k):
-        return keras.initializers.HeNormal(None if seed is None else seed + k)
+    seed = validation.check_seed("seed", seed, minimum=0)
+
+    def init(k):  # layer k's seed, within int64
+        return keras.initializers.HeNormal(None if seed is None else (seed + k) % (validation.SEED_MAX + 1))
 
     size = SHAPES_INPUT_SIZE
     inputs = keras.Input((size, size, 3), name="images")
