@@ -432,6 +432,9 @@ def _api_cases():
              ValueError, ["`sampler`"]),
         Case("sample-grid-metric-names-string", lambda e: tfdiff.callbacks.SampleGrid(
             e.path("grid"), metric_names="fid"), TypeError, ["`metric_names`", "not one string"]),
+        Case("sample-grid-feature-extractor-not-callable", lambda e: tfdiff.callbacks.SampleGrid(
+            e.path("grid"), real_images=np.zeros((4, 8, 8, 3), np.uint8), feature_extractor="inception"), TypeError,
+             ["`feature_extractor`"]),
         Case("guidance-model-fn-not-callable", lambda e: tfdiff.classifier_free_guidance(5, 2.0, 3, 3), TypeError,
              ["`model_fn`"]),
         Case("guidance-scale-string", lambda e: tfdiff.classifier_free_guidance(zeros_fn, "2", 3, 3), TypeError,

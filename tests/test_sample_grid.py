@@ -75,9 +75,12 @@ def test_sample_grid_refuses_half_a_metric_setup(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(labels=[0, 9]), r"`labels` must be in \[0, 3\)"),
     (dict(num_steps=50), r"`num_steps` must be an integer in \[1, 10\]"),
+    (dict(real_images=np.zeros((4, 16, 16, 3), np.uint8), feature_extractor=lambda x: x, metric_images=2),
+     r"`real_images` must be at least 2 images of the model's shape \[M, 8, 8, 3\]"),
 ])
 def test_sample_grid_arguments_the_model_refuses_stop_fit_before_the_first_step(tmp_path, kwargs, message):
-    # Labels and steps depend on the model, so they are checked when training begins, not after an epoch.
+    # Labels, steps and the real images' shape depend on the model: checked when training begins, not after
+    # an epoch.
     unet = tfdiff.UNet(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                        attention_resolutions=(), dropout=0.0, num_classes=3, num_groups=4)
     model = tfdiff.DiffusionModel(unet, tfdiff.GaussianDiffusion(tfdiff.get_beta_schedule("cosine", 10)))

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfdiffusion import features
 from tfdiffusion import files
 from tfdiffusion import images as tfd_images
 from tfdiffusion import metrics
@@ -134,6 +135,8 @@ class SampleGrid(keras.callbacks.Callback):
             raise ValueError("`real_images` and `feature_extractor` go together (both for FID/KID, or neither). "
                              f"Received: real_images={'given' if real_images is not None else None}, "
                              f"feature_extractor={feature_extractor!r}")
+        if feature_extractor is not None:
+            validation.check_callable("feature_extractor", feature_extractor, None, call="feature_extractor(images)")
         self.real_images = real_images
         self.feature_extractor = feature_extractor
         self.metric_images = validation.check_int("metric_images", metric_images, 2)
@@ -159,8 +162,14 @@ class SampleGrid(keras.callbacks.Callback):
         return max(self.num_images, self.metric_images) if self.real_images is not None else self.num_images
 
     def on_train_begin(self, logs=None):
-        """Checks the grid's `generate` arguments against the model (labels, steps, guidance) before training."""
+        """Checks the grid's `generate` arguments against the model (labels, steps, guidance), and the real
+        images' shape, before training."""
         self.model.check_generate_arguments(self._count(), labels=self.labels, **self.generate_kwargs)
+        if self.real_images is not None:
+            real = features.as_float_images(self.real_images, "real_images")
+            if tuple(real.shape[1:]) != tuple(self.model.image_shape) or real.shape[0] < 2:
+                raise ValueError(f"`real_images` must be at least 2 images of the model's shape [M, "
+                                 f"{', '.join(map(str, self.model.image_shape))}]. Received shape {tuple(real.shape)}")
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_epochs:
