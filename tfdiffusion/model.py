@@ -63,10 +63,10 @@ class DiffusionModel(replicas.ReplicaCompiledModel, lowered_steps.LoweredStepTra
     `sample_weight`, applying the optimizer (with its loss scaling under
     `mixed_float16`). An all-zero-weight batch gives a zero loss and zero
     gradients but is still an optimizer step (the step count, momentum and
-    weight decay move on, as in Keras). An exponential moving average (EMA) of the weights
-    lives in `ema_network`, beside the trained `network`: a second `fit`
-    continues from the trained weights, while `generate`, `evaluate` and export
-    use the averages.
+    weight decay move on, as in Keras). An exponential moving average (EMA)
+    of the weights lives in `ema_network`, beside the trained `network`: a
+    second `fit` continues from the trained weights, while `generate`,
+    `evaluate` and export use the averages.
 
     `keras.models.load_model` needs `import tfdiffusion` first (Keras finds
     registered classes by importing their package).
