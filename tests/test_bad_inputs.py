@@ -173,6 +173,21 @@ def _with_keras_home(folder, call):
             os.environ["KERAS_HOME"] = before
 
 
+def _hostile_saved_model(env):
+    """issue 23: a SavedModel that looks like a tfdiffusion export (its description file) but writes
+    `watched/leaked` when loaded and on each request: built once, outside the watched folder, so a row that
+    runs any of its graph changes the watched folder."""
+    if getattr(env, "hostile_model", None) is None:
+        from tests import hostile_saved_model
+
+        secret = os.path.join(env.root, "secret.txt")
+        with open(secret, "w") as file:
+            file.write("secret")
+        env.hostile_model = os.path.join(env.root, "hostile")
+        hostile_saved_model.hostile_saved_model(env.hostile_model, env.path("leaked"), secret)
+    return env.hostile_model
+
+
 def _api_cases():
     def gd(**kwargs):
         return lambda e: GaussianDiffusion(**{"betas": schedules.get_beta_schedule("cosine", T), **kwargs})
@@ -367,6 +382,13 @@ def _api_cases():
              TypeError, ["steps"]),
         Case("train-guidance-nan", lambda e: training.train(
             e.path("x"), training.TrainSettings(guidance_scale=float("nan"))), ValueError, ["guidance_scale"]),
+        # issue 23: saved-model op check
+        Case("load-saved-model-writes-files", lambda e: tfdiff.load_saved_model(_hostile_saved_model(e)),
+             ValueError, ["WriteFile", "ReadFile", "signature 'generate_ddim'", "trust_graph=True"]),
+        Case("load-generator-saved-model-writes-files", lambda e: tfdiff.load_generator(_hostile_saved_model(e)),
+             ValueError, ["WriteFile", "the init op"]),
+        Case("load-saved-model-trust-graph-string", lambda e: tfdiff.load_saved_model(
+            _hostile_saved_model(e), trust_graph="yes"), TypeError, ["trust_graph"]),
     ]
 
 
@@ -525,6 +547,15 @@ def _cli_cases():
                                                       e.path("c.keras")), CLI, ["none"]),
         Case("cli-convert-output-exists", lambda e: cli_run("convert", "--from-diffusers", e.images_dir,
                                                             "--output", e.model_path), CLI, ["--overwrite"]),
+        # issue 23: saved-model op check
+        Case("cli-sample-saved-model-writes-files", lambda e: cli_run(
+            "sample", "--model", _hostile_saved_model(e), "--steps", 1, "--npz", e.path("hostile.npz")), CLI,
+             ["--model", "WriteFile", "--trust-model"]),
+        Case("cli-evaluate-saved-model-writes-files", lambda e: cli_run(
+            "evaluate", "--model", _hostile_saved_model(e), "--dataset", "shapes", "--metric", "kid",
+            "--features", "shapes", "--num-images", 4, "--steps", 1, "--no-jit-compile"), CLI,
+             ["--model", "WriteFile"]),
+        Case("cli-evaluate-trust-model-with-bpd", evaluate("--trust-model"), CLI, ["--trust-model", "fid"]),
     ]
 
 

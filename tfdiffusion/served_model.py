@@ -5,6 +5,12 @@ them against the model's description (`assets.extra/tfdiffusion.json`) and
 calls the `generate_<sampler>` signature: up to `max_images` images come
 from one call and equal `DiffusionModel.generate`'s for the same seed and
 settings (same XLA mode). `load_generator` loads either kind of model.
+
+A SavedModel is a program. Before anything of it runs, its graph is checked
+against the ops tfdiffusion's own exports use (`saved_model_check`): a graph
+that reads or writes files, runs Python or talks to other machines is
+refused, naming the op. `trust_graph=True` skips the check, for a file whose
+source you trust.
 """
 
 import json
@@ -17,6 +23,7 @@ from absl import logging as absl_logging
 
 from tfdiffusion import random as tfd_random
 from tfdiffusion import validation
+from tfdiffusion.saved_model_check import check_saved_model_ops
 from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
@@ -48,9 +55,19 @@ class ServedModel:
         default_sampler: the sampler of `generate` / `serving_default`.
         max_images: the largest batch one signature call takes.
         jit_compile: whether the sampling loops were compiled with XLA.
+
+    Args:
+        path: a version directory, or a model directory (its latest version).
+        trust_graph: skip the op check (`saved_model_check.check_saved_model_ops`)
+            and run whatever the graph holds; only for a file you trust.
+
+    Raises:
+        saved_model_check.UnsafeSavedModelError: (a ValueError) the graph
+            holds ops tfdiffusion's exports never use; nothing was run.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, trust_graph: bool = False):
+        trust_graph = validation.check_bool("trust_graph", trust_graph)
         self.path = resolve_version_dir(path)
         metadata_path = os.path.join(self.path, METADATA_FILE)
         if not os.path.isfile(metadata_path):
@@ -68,6 +85,8 @@ class ServedModel:
         self.default_sampler: str = self.metadata["default_sampler"]
         self.max_images: int = self.metadata["max_images"]
         self.jit_compile: bool = self.metadata["jit_compile"]
+        if not trust_graph:
+            check_saved_model_ops(self.path)  # reads saved_model.pb only; runs nothing
         # The export leaves out gradient functions (serving never differentiates); loading warns of
         # each function that has none. Those warnings would be noise here.
         verbosity = absl_logging.get_verbosity()
@@ -193,24 +212,31 @@ class ServedModel:
         return np.concatenate(outputs, axis=0)
 
 
-def load_saved_model(path: str) -> ServedModel:
-    """Loads an exported model: a version directory `BASE/NAME/VERSION`, or `BASE/NAME` (its latest version)."""
-    return ServedModel(path)
+def load_saved_model(path: str, trust_graph: bool = False) -> ServedModel:
+    """Loads an exported model: a version directory `BASE/NAME/VERSION`, or `BASE/NAME` (its latest version).
+
+    The graph is first checked against the ops tfdiffusion's exports use
+    (`saved_model_check`); `trust_graph=True` skips the check (see `ServedModel`).
+    """
+    return ServedModel(path, trust_graph=trust_graph)
 
 
-def load_generator(path: str, log: Optional[Callable[[str], None]] = None):
+def load_generator(path: str, log: Optional[Callable[[str], None]] = None, trust_graph: bool = False):
     """A model to sample from: an exported SavedModel (`ServedModel`) or a `.keras` file / run folder.
 
     Args:
         path: a SavedModel directory, a `.keras` file or a `tfdiffusion train` output folder.
         log: optional `log(line)`, told which kind was loaded.
+        trust_graph: for a SavedModel, skip the op check (see `ServedModel`);
+            a `.keras` file is always loaded with Keras' `safe_mode`.
 
     Returns:
         A `ServedModel` or a `DiffusionModel`; both have `generate`,
         `num_classes`, `image_shape` and `num_timesteps`-like attributes.
     """
+    trust_graph = validation.check_bool("trust_graph", trust_graph)
     if is_saved_model(path):
-        model = load_saved_model(path)
+        model = load_saved_model(path, trust_graph=trust_graph)
         description = f"SavedModel {model.path}"
     else:
         model = load_model(path)

@@ -1,0 +1,39 @@
+"""The ops tfdiffusion's own SavedModel exports use: the allow-list of `saved_model_check.check_saved_model_ops`.
+
+How the lists were made: `python -m tests.saved_model_inventory` exports
+every kind of model `export_saved_model` writes (class-conditional and
+unconditional; epsilon, x0 and v prediction; fixed and learned variances;
+every registered sampler and spacing, clipping and dynamic thresholding,
+zero terminal SNR; XLA on and off; warm-up requests; the UNet's options;
+float32, mixed_bfloat16 and mixed_float16 networks), collects the op types
+of every node of every graph and library function of each `saved_model.pb`,
+and prints them split by where they occur: `ALLOWED_OPS` occur anywhere a
+signature, the init op or a method of the loaded object reaches;
+`SAVER_OPS` occur only in the variable saver's save and restore functions.
+Made with TensorFlow 2.21 and Keras 3.15. `tests/test_saved_model_check.py`
+exports the same kinds and fails if one of them uses an op outside these
+lists: regenerate them with the script then (and check that every new op is
+pure computation: no files, network, processes or Python).
+
+Neither list holds an op that reads or writes files, talks to other
+processes or runs Python, except the saver's checkpoint ops (`SaveV2`,
+`RestoreV2`, `MergeV2Checkpoints`), which the check accepts only where the
+saver alone reaches them (see `saved_model_check`).
+"""
+
+__all__ = ["ALLOWED_OPS", "SAVER_OPS"]
+
+ALLOWED_OPS = frozenset({
+    "Abs", "AddV2", "All", "Assert", "BatchMatMulV2", "BiasAdd", "BitwiseOr", "BroadcastTo", "Cast", "ConcatV2",
+    "Const", "Conv2D", "Cos", "EnsureShape", "Equal", "Exp", "Expm1", "Fill", "Floor", "FloorDiv", "FloorMod",
+    "GatherV2", "Greater", "GreaterEqual", "Identity", "IdentityN", "If", "IsFinite", "LeftShift", "Less",
+    "LessEqual", "Log", "Log1p", "LogicalAnd", "LogicalOr", "MatMul", "Max", "Maximum", "Mean", "Min", "Minimum",
+    "Mul", "Neg", "NoOp", "OnesLike", "Pack", "Pad", "Placeholder", "Pow", "Range", "ReadVariableOp", "RealDiv",
+    "Reshape", "Round", "Rsqrt", "SelectV2", "Shape", "Sigmoid", "Sin", "Size", "Softmax", "Split", "Sqrt",
+    "Square", "Squeeze", "StatefulPartitionedCall", "StatelessRandomNormalV2", "StatelessRandomUniformFullIntV2",
+    "StridedSlice", "Sub", "Sum", "TopKV2", "Transpose", "VarHandleOp", "While", "ZerosLike",
+})
+SAVER_OPS = frozenset({
+    "AssignVariableOp", "DisableCopyOnRead", "MergeV2Checkpoints", "RestoreV2", "SaveV2", "Select",
+    "ShardedFilename", "StaticRegexFullMatch", "StringJoin",
+})
