@@ -188,6 +188,38 @@ def _hostile_saved_model(env):
     return env.hostile_model
 
 
+def _nan_pipeline(env):
+    """issue 23: a diffusers pipeline folder (the ddpm_layout fixture) with one NaN in `conv_in.bias`."""
+    if getattr(env, "nan_pipeline", None) is None:
+        import pathlib
+
+        from safetensors.numpy import load_file, save_file
+
+        from tests.convert.reference import make_pipeline
+
+        folder = make_pipeline(pathlib.Path(env.root), "ddpm_layout")
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        tensors = load_file(weights)
+        tensors["conv_in.bias"][0] = np.nan
+        save_file(tensors, weights)
+        env.nan_pipeline = str(folder)
+    return env.nan_pipeline
+
+
+def _nan_model(env):
+    """issue 23: an unconditional model whose EMA `conv_in` bias holds one NaN, and its .keras file (both outside
+    the watched folder)."""
+    if getattr(env, "nan_model", None) is None:
+        model = tfdiff.DiffusionModel(_unet(None), env.diffusion, label_dropout=0.0)
+        bias = model.ema_network.conv_in.bias.numpy()
+        bias[0] = np.nan
+        model.ema_network.conv_in.bias.assign(bias)
+        model.saved_path = os.path.join(env.root, "nan.keras")
+        model.save(model.saved_path)
+        env.nan_model = model
+    return env.nan_model
+
+
 def _api_cases():
     def gd(**kwargs):
         return lambda e: GaussianDiffusion(**{"betas": schedules.get_beta_schedule("cosine", T), **kwargs})
@@ -389,6 +421,12 @@ def _api_cases():
              ValueError, ["WriteFile", "the init op"]),
         Case("load-saved-model-trust-graph-string", lambda e: tfdiff.load_saved_model(
             _hostile_saved_model(e), trust_graph="yes"), TypeError, ["trust_graph"]),
+        # issue 23: non-finite weights and images
+        Case("from-diffusers-nan-weight", lambda e: tfdiff.from_diffusers(_nan_pipeline(e)), ValueError,
+             ["'conv_in.bias'", "1 NaN or infinite value(s)"]),
+        Case("generate-nan-weights", lambda e: _nan_model(e).generate(2, num_steps=2, jit_compile=False),
+             ValueError, ["2 of 2 generated images hold NaN", "conv_in/bias"]),
+        Case("generate-on-non-finite-choice", gen(on_non_finite="ignore"), ValueError, ["on_non_finite"]),
     ]
 
 
@@ -556,6 +594,12 @@ def _cli_cases():
             "--features", "shapes", "--num-images", 4, "--steps", 1, "--no-jit-compile"), CLI,
              ["--model", "WriteFile"]),
         Case("cli-evaluate-trust-model-with-bpd", evaluate("--trust-model"), CLI, ["--trust-model", "fid"]),
+        # issue 23: non-finite weights and images
+        Case("cli-convert-nan-weight", lambda e: cli_run("convert", "--from-diffusers", _nan_pipeline(e),
+                                                         "--output", e.path("nan.keras")), CLI, ["'conv_in.bias'"]),
+        Case("cli-sample-nan-weights", lambda e: cli_run(
+            "sample", "--model", _nan_model(e).saved_path, "--steps", 2, "--no-jit-compile", "--npz", e.path("nan.npz")),
+             CLI, ["cannot sample", "NaN or infinite", "conv_in/bias"]),
     ]
 
 

@@ -157,7 +157,8 @@ class SampleGrid(keras.callbacks.Callback):
             return
         with_metrics = self.real_images is not None
         count = max(self.num_images, self.metric_images) if with_metrics else self.num_images
-        generated = self.model.generate(count, labels=self.labels, **self.generate_kwargs)
+        # A diverged (NaN) model's grid is black with a warning; the run itself goes on as Keras would.
+        generated = self.model.generate(count, labels=self.labels, on_non_finite="warn", **self.generate_kwargs)
         grid = generated[:self.num_images]
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"samples_step{step:07d}.png")

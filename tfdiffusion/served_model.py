@@ -15,6 +15,7 @@ source you trust.
 
 import json
 import os
+import re
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -27,6 +28,7 @@ from tfdiffusion.saved_model_check import check_saved_model_ops
 from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
+from tfdiffusion.export_signatures import NON_FINITE_IMAGES
 from tfdiffusion.generation import merge_eta
 from tfdiffusion.loading import load_model
 from tfdiffusion.serving import generate_inputs
@@ -205,8 +207,18 @@ class ServedModel:
                 batch_seed, num_steps, labels=None if labels is None else labels[start:start + count],
                 num_images=count if labels is None else None,
                 guidance_scale=guidance_scale if self.num_classes is not None else None, **options)
-            outputs.append(signature(**{name: tf.constant(value) for name, value in inputs.items()})
-                           ["images"].numpy())
+            try:
+                outputs.append(signature(**{name: tf.constant(value) for name, value in inputs.items()})
+                               ["images"].numpy())
+            except tf.errors.InvalidArgumentError as error:
+                if NON_FINITE_IMAGES not in error.message:
+                    raise
+                counts = re.search(r"batch size:\]? \[?(\d+)\]? \[?(\d+)", error.message)
+                found = f"{counts.group(1)} of {counts.group(2)} images" if counts else "some images"
+                raise ValueError(f"{found} sampled by {self.path!r} (batch starting at image {start}) hold NaN or "
+                                 "infinite values, which uint8 would make black: the exported weights are "
+                                 "probably non-finite (a training run that diverged, or a bad conversion); "
+                                 "re-export finite weights") from None
             if progress is not None:
                 progress(start + count, num_images)
         return np.concatenate(outputs, axis=0)

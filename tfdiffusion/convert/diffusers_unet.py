@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from tfdiffusion.convert.diffusers_files import check_config_keys
+from tfdiffusion.convert.diffusers_files import check_finite_tensor
 from tfdiffusion.nn import AttentionBlock
 from tfdiffusion.nn import Downsample
 from tfdiffusion.nn import ResBlock
@@ -251,7 +252,7 @@ def load_unet_weights(unet: UNet, tensors: Dict[str, np.ndarray]) -> None:
     as their new ones.
 
     Raises:
-        ValueError: naming a missing, unused or mis-shaped tensor.
+        ValueError: naming a missing, unused, mis-shaped or non-finite tensor.
     """
     tensors = _rename_legacy(tensors)
     entries = weight_map(unet)
@@ -263,6 +264,8 @@ def load_unet_weights(unet: UNet, tensors: Dict[str, np.ndarray]) -> None:
     if unused:
         raise ValueError(f"The weights file has {len(unused)} tensor(s) the config does not use, "
                          f"e.g. {unused[:5]}")
+    for _, key, _ in entries:
+        check_finite_tensor(key, np.asarray(tensors[key]))
     values = [_to_keras(tensors[key], transform, variable, key)
               for variable, key, transform in entries]
     for (variable, _, _), value in zip(entries, values):
