@@ -220,6 +220,24 @@ def _nan_model(env):
     return env.nan_model
 
 
+def _diffusers_pipeline(env, name, unet=None, scheduler=None):
+    """issue 23: the ddpm_layout diffusers fixture as a pipeline folder `env.root/NAME`, with `unet` and
+    `scheduler` config keys changed (made once per name, outside the watched folder)."""
+    import pathlib
+
+    from tests.convert.reference import make_pipeline
+
+    folder = pathlib.Path(env.root) / name
+    if not folder.exists():
+        built = make_pipeline(folder, "ddpm_layout")
+        for changes, config in ((unet, built / "unet" / "config.json"),
+                                (scheduler, built / "scheduler" / "scheduler_config.json")):
+            values = json.loads(config.read_text())
+            values.update(changes or {})
+            config.write_text(json.dumps(values))
+    return str(next(folder.iterdir()))
+
+
 def _api_cases():
     def gd(**kwargs):
         return lambda e: GaussianDiffusion(**{"betas": schedules.get_beta_schedule("cosine", T), **kwargs})
@@ -427,6 +445,22 @@ def _api_cases():
         Case("generate-nan-weights", lambda e: _nan_model(e).generate(2, num_steps=2, jit_compile=False),
              ValueError, ["2 of 2 generated images hold NaN", "conv_in/bias"]),
         Case("generate-on-non-finite-choice", gen(on_non_finite="ignore"), ValueError, ["on_non_finite"]),
+        # issue 23: from_diffusers config values under the config's keys; the size estimated before building
+        Case("from-diffusers-layers-per-block-0", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "layers0", unet=dict(layers_per_block=0))), ValueError, ["layers_per_block"]),
+        Case("from-diffusers-sample-size-0", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "size0", unet=dict(sample_size=0))), ValueError, ["sample_size=0"]),
+        Case("from-diffusers-groups-not-dividing", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "groups3", unet=dict(norm_num_groups=3))), ValueError, ["norm_num_groups=3", "block_out_channels"]),
+        Case("from-diffusers-huge-channels", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "huge", unet=dict(block_out_channels=[100000], down_block_types=["DownBlock2D"],
+                                 up_block_types=["UpBlock2D"]))), ValueError,
+             ["block_out_channels=[100000]", "estimated", "max_parameters"]),
+        Case("from-diffusers-max-parameters-float", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "plain"), max_parameters=1e9), TypeError, ["max_parameters"]),
+        Case("from-diffusers-trained-betas-nan", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "betas-nan", scheduler=dict(num_train_timesteps=2, trained_betas=[0.1, float("nan")]))), ValueError,
+             ["trained_betas"]),
     ]
 
 
@@ -598,8 +632,20 @@ def _cli_cases():
         Case("cli-convert-nan-weight", lambda e: cli_run("convert", "--from-diffusers", _nan_pipeline(e),
                                                          "--output", e.path("nan.keras")), CLI, ["'conv_in.bias'"]),
         Case("cli-sample-nan-weights", lambda e: cli_run(
-            "sample", "--model", _nan_model(e).saved_path, "--steps", 2, "--no-jit-compile", "--npz", e.path("nan.npz")),
-             CLI, ["cannot sample", "NaN or infinite", "conv_in/bias"]),
+            "sample", "--model", _nan_model(e).saved_path, "--steps", 2, "--no-jit-compile", "--npz",
+            e.path("nan.npz")), CLI, ["cannot sample", "NaN or infinite", "conv_in/bias"]),
+        # issue 23: from_diffusers config values under the config's keys; the size estimated before building
+        Case("cli-convert-huge-channels", lambda e: cli_run(
+            "convert", "--from-diffusers", _diffusers_pipeline(
+                e, "huge", unet=dict(block_out_channels=[100000], down_block_types=["DownBlock2D"],
+                                     up_block_types=["UpBlock2D"])), "--output", e.path("huge.keras")), CLI,
+             ["block_out_channels=[100000]", "--max-parameters"]),
+        Case("cli-convert-layers-per-block-0", lambda e: cli_run(
+            "convert", "--from-diffusers", _diffusers_pipeline(e, "layers0", unet=dict(layers_per_block=0)),
+            "--output", e.path("layers0.keras")), CLI, ["layers_per_block"]),
+        Case("cli-convert-max-parameters-0", lambda e: cli_run(
+            "convert", "--from-diffusers", _diffusers_pipeline(e, "plain"), "--output", e.path("p.keras"),
+            "--max-parameters", 0), CLI, ["--max-parameters"]),
     ]
 
 

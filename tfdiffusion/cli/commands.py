@@ -405,7 +405,8 @@ def _evaluate_quality(args):
 # ---------------------------------------------------------------- convert
 def convert(args):
     try:
-        model = convert_diffusers(args.from_diffusers, args.output, overwrite=args.overwrite)
+        limit = {} if args.max_parameters is None else {"max_parameters": args.max_parameters}
+        model = convert_diffusers(args.from_diffusers, args.output, overwrite=args.overwrite, **limit)
     except (FileNotFoundError, FileExistsError) as error:
         raise CLIError(_one_line(error)) from None
     print(f"Wrote {args.output}: {model.network.count_params() / 1e6:.1f}M parameters, "

@@ -362,6 +362,9 @@ def build_parser():
                          help="the .keras file to write (required)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing --output (default: refuse)")
+    convert.add_argument("--max-parameters", type=_positive_int, metavar="N",
+                         help="refuse a UNet of more parameters (estimated from its config before anything is "
+                         "built), or one whose weights would not fit in memory (default: 1000000000)")
     convert.set_defaults(command_name="convert")
 
     # ----------------------------------------------------------------- export
