@@ -1,4 +1,4 @@
-"""Every kind of SavedModel tfdiffusion exports, and the op allow-list of `tfdiffusion/saved_model_ops.py` recomputed from them.
+"""Every kind of SavedModel tfdiffusion exports, and the op allow-list of `saved_model_ops.py` recomputed from them.
 
     python -m tests.saved_model_inventory     # from the repo root: exports each kind, prints the two lists
 

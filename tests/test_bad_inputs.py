@@ -437,8 +437,6 @@ def _api_cases():
              ValueError, ["WriteFile", "ReadFile", "signature 'generate_ddim'", "trust_graph=True"]),
         Case("load-generator-saved-model-writes-files", lambda e: tfdiff.load_generator(_hostile_saved_model(e)),
              ValueError, ["WriteFile", "the init op"]),
-        Case("load-saved-model-trust-graph-string", lambda e: tfdiff.load_saved_model(
-            _hostile_saved_model(e), trust_graph="yes"), TypeError, ["trust_graph"]),
         # issue 23: non-finite weights and images
         Case("from-diffusers-nan-weight", lambda e: tfdiff.from_diffusers(_nan_pipeline(e)), ValueError,
              ["'conv_in.bias'", "1 NaN or infinite value(s)"]),
@@ -456,8 +454,6 @@ def _api_cases():
             e, "huge", unet=dict(block_out_channels=[100000], down_block_types=["DownBlock2D"],
                                  up_block_types=["UpBlock2D"]))), ValueError,
              ["block_out_channels=[100000]", "estimated", "max_parameters"]),
-        Case("from-diffusers-max-parameters-float", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
-            e, "plain"), max_parameters=1e9), TypeError, ["max_parameters"]),
         Case("from-diffusers-trained-betas-nan", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
             e, "betas-nan", scheduler=dict(num_train_timesteps=2, trained_betas=[0.1, float("nan")]))), ValueError,
              ["trained_betas"]),
@@ -643,9 +639,6 @@ def _cli_cases():
         Case("cli-convert-layers-per-block-0", lambda e: cli_run(
             "convert", "--from-diffusers", _diffusers_pipeline(e, "layers0", unet=dict(layers_per_block=0)),
             "--output", e.path("layers0.keras")), CLI, ["layers_per_block"]),
-        Case("cli-convert-max-parameters-0", lambda e: cli_run(
-            "convert", "--from-diffusers", _diffusers_pipeline(e, "plain"), "--output", e.path("p.keras"),
-            "--max-parameters", 0), CLI, ["--max-parameters"]),
     ]
 
 

@@ -183,7 +183,8 @@ def test_a_network_too_large_to_build_is_refused_before_building():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ValueError, match=rf"block_out_channels=\[100000\], layers_per_block=2 make a UNet of an "
                                          rf"estimated {estimate:,} parameters, .* GiB as float32 .*above "
-                                         rf"max_parameters=1000000000.*a larger `max_parameters` \(None: no limit\)"):
+                                         rf"`max_parameters`=1000000000.*a larger `max_parameters` converts "
+                                         rf"it .*None: no limit"):
         unet_from_config(config)
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 100 * 1024  # KiB: under 100 MB
     with pytest.raises(ValueError, match=r"num_class_embeds=100000000, block_out_channels"):
@@ -193,7 +194,7 @@ def test_a_network_too_large_to_build_is_refused_before_building():
 def test_max_parameters_is_the_opt_out():
     config = config_with()
     count = _estimate(config)
-    with pytest.raises(ValueError, match=rf"above max_parameters={count - 1}\b"):
+    with pytest.raises(ValueError, match=rf"above `max_parameters`={count - 1}\b"):
         unet_from_config(config, max_parameters=count - 1)
     assert unet_from_config(config, max_parameters=count).count_params() == count
     assert unet_from_config(config, max_parameters=None).count_params() == count

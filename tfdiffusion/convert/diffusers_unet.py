@@ -198,6 +198,10 @@ DEFAULT_MAX_PARAMETERS = 10**9
 _COPIES = 3
 
 
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
 def _check_size(config: Dict[str, Any], kwargs: Dict[str, Any], max_parameters: Optional[int]) -> int:
     """Refuses, before building, a network above `max_parameters` or the memory available; returns the estimate."""
     count = unet_parameter_count(**{key: kwargs[key] for key in (
@@ -214,12 +218,12 @@ def _check_size(config: Dict[str, Any], kwargs: Dict[str, Any], max_parameters: 
                 f"layers_per_block={kwargs['num_res_blocks']}"]
         if embedding > count / 2:
             keys = [f"num_class_embeds={kwargs['num_classes']}"] + keys
-        limit = (f"above max_parameters={max_parameters}" if too_many else
-                 f"more than the {available / 2**30:.1f} GiB of memory available")
+        limit = (f"above `max_parameters`={max_parameters}" if too_many else
+                 f"more than the {_gib(available)} of memory available")
         raise ValueError(f"{_WHERE}: {', '.join(keys)} make a UNet of an estimated {count:,} parameters, "
-                         f"{needed / 2**30:.1f} GiB as float32 (the weights read, the network and its EMA "
-                         f"copy): {limit}. Refused before building it; a larger `max_parameters` (None: no "
-                         "limit) converts it if the model really is that large.")
+                         f"{_gib(needed)} as float32 (the weights read, the network and its EMA copy): {limit}. "
+                         "Refused before building it; a larger `max_parameters` converts it if the model really "
+                         "is that large (in Python, None: no limit).")
     return count
 
 

@@ -1,4 +1,4 @@
-"""The `UNet`'s parameter count from its arguments alone, before anything is built (to refuse a size that cannot be built)."""
+"""The `UNet`'s parameter count from its arguments alone, before building it (to refuse a size too large to build)."""
 
 from typing import Optional, Sequence
 
