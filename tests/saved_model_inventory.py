@@ -108,19 +108,23 @@ def export_kind(kind: str, base_dir: str) -> str:
         return export.export_saved_model(model, os.path.join(base_dir, kind), max_images=2, **options)
 
 
-def recompute_op_lists(version_dirs) -> Tuple[frozenset, frozenset]:
-    """`(ALLOWED_OPS, SAVER_OPS)` as the exports in `version_dirs` use them.
+def recompute_op_lists(version_dirs) -> Tuple[frozenset, frozenset, frozenset]:
+    """`(ALLOWED_OPS, SAVE_OPS, RESTORE_OPS)` as the exports in `version_dirs` use them.
 
     ALLOWED_OPS: every op type found outside the variable saver's own code;
-    SAVER_OPS: the op types found only in code that only the saver reaches.
+    SAVE_OPS, RESTORE_OPS: the other op types, found only in code that only
+    the saver's save (restore) function reaches.
     """
-    outside, saver = set(), set()
+    found = {"outside": set(), saved_model_check.SAVE: set(), saved_model_check.RESTORE: set()}
     for version_dir in version_dirs:
         sites = saved_model_check.op_sites(saved_model_check.read_saved_model_proto(version_dir))
         for op, units in sites.items():
             for roots in units.values():
-                (saver if roots == {saved_model_check.SAVER} else outside).add(op)
-    return frozenset(outside), frozenset(saver - outside)
+                only = next(iter(roots)) if len(roots) == 1 else None
+                found[only if only in found else "outside"].add(op)
+    allowed = found["outside"]
+    return (frozenset(allowed), frozenset(found[saved_model_check.SAVE] - allowed),
+            frozenset(found[saved_model_check.RESTORE] - allowed))
 
 
 def _format(name: str, ops) -> str:
@@ -141,9 +145,10 @@ def main() -> int:
         for kind in KINDS:
             print(f"exporting {kind}", file=sys.stderr, flush=True)
             dirs.append(export_kind(kind, base))
-        allowed, saver = recompute_op_lists(dirs)
+        allowed, save, restore = recompute_op_lists(dirs)
     print(_format("ALLOWED_OPS", allowed))
-    print(_format("SAVER_OPS", saver))
+    print(_format("SAVE_OPS", save))
+    print(_format("RESTORE_OPS", restore))
     return 0
 
 

@@ -31,11 +31,12 @@ def test_every_kind_of_export_passes(every_kind, kind):
 def test_the_lists_cover_what_the_exports_use(every_kind):
     """Recomputed from the exports as the script does: a new op in an export fails here until the lists are
     regenerated (`python -m tests.saved_model_inventory`)."""
-    allowed, saver = inventory.recompute_op_lists(every_kind.values())
+    allowed, save, restore = inventory.recompute_op_lists(every_kind.values())
     assert allowed - saved_model_ops.ALLOWED_OPS == set()
-    assert saver - saved_model_ops.SAVER_OPS - saved_model_ops.ALLOWED_OPS == set()
-    # The saver's ops really are in the exports, only in the saver (what the check relies on).
-    assert {"SaveV2", "RestoreV2", "MergeV2Checkpoints"} <= saver
+    assert save - saved_model_ops.SAVE_OPS - saved_model_ops.ALLOWED_OPS == set()
+    assert restore - saved_model_ops.RESTORE_OPS - saved_model_ops.ALLOWED_OPS == set()
+    # The saver's ops really are in the exports, only in the saver's functions (what the check relies on).
+    assert {"SaveV2", "MergeV2Checkpoints"} <= save and "RestoreV2" in restore
 
 
 def test_the_lists_hold_no_op_that_touches_files_or_runs_python():
@@ -47,9 +48,10 @@ def test_the_lists_hold_no_op_that_touches_files_or_runs_python():
         r"Rpc|Send|Recv", name)}
     assert {"ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "EagerPyFunc", "PrintV2", "SaveV2"} <= risky
     assert risky & saved_model_ops.ALLOWED_OPS == set()
-    assert risky & saved_model_ops.SAVER_OPS == {"SaveV2", "RestoreV2", "MergeV2Checkpoints"}
+    assert risky & saved_model_ops.SAVE_OPS == {"SaveV2", "MergeV2Checkpoints"}
+    assert risky & saved_model_ops.RESTORE_OPS == {"RestoreV2"}
     # Every listed op is a registered TensorFlow op (no custom-op namespace).
-    assert (saved_model_ops.ALLOWED_OPS | saved_model_ops.SAVER_OPS) <= registered
+    assert saved_model_ops.ALLOWED_OPS | saved_model_ops.SAVE_OPS | saved_model_ops.RESTORE_OPS <= registered
 
 
 @pytest.fixture
@@ -104,23 +106,47 @@ def test_a_signature_calling_the_savers_own_op_is_refused(tmp_path, op):
     calling the same op type could write or read a checkpoint anywhere: refused, naming the signature."""
     version_dir = hostile.saver_op_saved_model(tmp_path / "model", op, tmp_path / "checkpoint")
     sites = saved_model_check.op_sites(saved_model_check.read_saved_model_proto(version_dir))
-    assert {saved_model_check.SAVER} in sites[op].values()  # the saver has the op too
-    with pytest.raises(UnsafeSavedModelError, match=rf"{op} \(checkpoint work that only the variable saver may "
-                                                    rf"do\) in function '__inference_generate_ddim_\d+' "
-                                                    rf"\(reached from signature 'generate_ddim'"):
+    saver = saved_model_check.SAVE if op == "SaveV2" else saved_model_check.RESTORE
+    assert {saver} in sites[op].values()  # the saver has the op too
+    kind = "writing, which only the saver's save" if op == "SaveV2" else "reading, which only the saver's restore"
+    with pytest.raises(UnsafeSavedModelError, match=rf"{op} \(checkpoint {kind} function may do\) in function "
+                                                    rf"'__inference_generate_ddim_\d+' \(reached from signature "
+                                                    rf"'generate_ddim'"):
         tfdiffusion.load_saved_model(version_dir)
     assert not any(name.startswith("checkpoint") for name in os.listdir(tmp_path))
 
 
+def _edited_copy(version_dir, tmp_path, edit):
+    """A copy of an export whose saved_model.pb was changed by `edit(proto)`."""
+    copy = str(tmp_path / "1")
+    shutil.copytree(version_dir, copy)
+    proto = saved_model_check.read_saved_model_proto(copy)
+    edit(proto)
+    with open(os.path.join(copy, "saved_model.pb"), "wb") as file:
+        file.write(proto.SerializeToString())
+    return copy
+
+
+def test_the_restore_function_may_not_write(every_kind, tmp_path):
+    """TF Serving runs the saver's restore function when it loads a model: a SaveV2 there (which would write a
+    checkpoint wherever its constant path says) is refused, though SaveV2 is accepted in the save function."""
+    def add_save_to_restore(proto):
+        restore = next(function for function in proto.meta_graphs[0].graph_def.library.function
+                       if "traced_restore" in function.signature.name)
+        restore.node_def.add(name="sneaky", op="SaveV2")
+
+    saved_model_check.check_saved_model_ops(every_kind["no-attention-network"])
+    copy = _edited_copy(every_kind["no-attention-network"], tmp_path, add_save_to_restore)
+    with pytest.raises(UnsafeSavedModelError, match=r"SaveV2 \(checkpoint writing.*\) in function "
+                                                    r"'__inference__traced_restore_\d+' \(reached from the saver's "
+                                                    r"restore function\)"):
+        saved_model_check.check_saved_model_ops(copy)
+
+
 def test_an_op_in_the_main_graph_reached_from_nothing_is_refused(every_kind, tmp_path):
     """A TF1-style node a session could run by name: refused even though no signature reaches it."""
-    version_dir = str(tmp_path / "1")
-    shutil.copytree(every_kind["no-attention-network"], version_dir)
-    proto = saved_model_check.read_saved_model_proto(version_dir)
-    graph = proto.meta_graphs[0].graph_def
-    graph.node.add(name="leak", op="WriteFile", input=["Const", "Const"])
-    with open(os.path.join(version_dir, "saved_model.pb"), "wb") as file:
-        file.write(proto.SerializeToString())
+    version_dir = _edited_copy(every_kind["no-attention-network"], tmp_path, lambda proto: proto.meta_graphs[
+        0].graph_def.node.add(name="leak", op="WriteFile", input=["Const", "Const"]))
     with pytest.raises(UnsafeSavedModelError, match=r"WriteFile \(reads or writes files\) in the main graph "
                                                     r"\(reached from no signature\)"):
         saved_model_check.check_saved_model_ops(version_dir)

@@ -17,13 +17,16 @@ or the variable saver (`saver_def`: the save and restore functions).
 The saver is the one place where file ops belong. A SavedModel's save
 function writes a checkpoint (`SaveV2`, `MergeV2Checkpoints`) and its
 restore function reads one (`RestoreV2`), at the path the caller feeds to
-`saver_filename`. `tf.saved_model.load` never runs either (it restores the
+`saver_filename`. `tf.saved_model.load` runs neither (it restores the
 variables with ops of its own, built in Python); TF Serving runs the restore
 function once, with the version's own `variables/` path; nothing that loads
-a model runs the save function. So `saved_model_ops.SAVER_OPS` are accepted
-in code only the saver reaches, where they read the model's own checkpoint
-at worst, and refused anywhere a signature, the init op or the loaded
-object's methods reach (a request could run them there).
+a model runs the save function. So `saved_model_ops.SAVE_OPS` are accepted
+only in code that the save function alone reaches, and
+`saved_model_ops.RESTORE_OPS` (reading a checkpoint into the model's own
+variables) only in code that the restore function alone reaches; anywhere
+a signature, the init op or the loaded object's methods reach (where a
+request could run them), and in the restore function for the save ops,
+they are refused.
 
 What the check does not do: it does not judge the values an accepted op
 computes (a graph of allowed ops can still return wrong images, or be slow
@@ -40,7 +43,10 @@ from tfdiffusion import saved_model_ops
 
 __all__ = ["UnsafeSavedModelError", "check_saved_model_ops", "op_sites", "read_saved_model_proto"]
 
-SAVER = "the variable saver"
+SAVE = "the saver's save function"
+RESTORE = "the saver's restore function"
+# What the code only one of the saver's functions reaches may also hold.
+_SAVER_ONLY = {SAVE: saved_model_ops.SAVE_OPS, RESTORE: saved_model_ops.RESTORE_OPS}
 
 # What a refused op does, for the message (the allow-list decides; this only explains).
 _KINDS = (
@@ -111,7 +117,7 @@ def _meta_graph_sites(meta_graph) -> Dict[str, Dict[str, Set[str]]]:
 
     A unit is "the main graph" (its nodes) or "function 'NAME'"; its roots are
     what can run it: "signature 'NAME'", "the init op", "the loaded object's
-    function 'NAME'", `SAVER`, or none (reachable from nothing: still checked).
+    function 'NAME'", `SAVE`, `RESTORE`, or none (reachable from nothing: still checked).
     """
     graph = meta_graph.graph_def
     functions = {function.signature.name: function for function in graph.library.function}
@@ -121,10 +127,10 @@ def _meta_graph_sites(meta_graph) -> Dict[str, Dict[str, Set[str]]]:
         label = "the init op" if name == "__saved_model_init_op" else f"signature {name!r}"
         for info in list(signature.inputs.values()) + list(signature.outputs.values()):
             roots[label].add(_node_name(info.name))
-    saver = meta_graph.saver_def
-    for tensor in (saver.filename_tensor_name, saver.save_tensor_name, saver.restore_op_name):
+    saver = meta_graph.saver_def  # (its filename placeholder is an input of both)
+    for label, tensor in ((SAVE, saver.save_tensor_name), (RESTORE, saver.restore_op_name)):
         if tensor:
-            roots[SAVER].add(_node_name(tensor))
+            roots[label].add(_node_name(tensor))
     for key, collection in meta_graph.collection_def.items():
         label = "the init op" if "init_op" in key or "main_op" in key else f"collection {key!r}"
         for value in collection.node_list.value:
@@ -193,8 +199,10 @@ def _describe(unit: str, roots: Set[str]) -> str:
 
 
 def _kind(op: str) -> str:
-    if op in saved_model_ops.SAVER_OPS:
-        return "checkpoint work that only the variable saver may do"
+    if op in saved_model_ops.SAVE_OPS:
+        return "checkpoint writing, which only the saver's save function may do"
+    if op in saved_model_ops.RESTORE_OPS:
+        return "checkpoint reading, which only the saver's restore function may do"
     for pattern, kind in _KINDS:
         if pattern.search(op):
             return kind
@@ -202,14 +210,14 @@ def _kind(op: str) -> str:
 
 
 def refused_ops(sites: Mapping[str, Mapping[str, Set[str]]]) -> Dict[str, List[str]]:
-    """The ops the check refuses, each with where it is: ops outside `ALLOWED_OPS`, except
-    `SAVER_OPS` in code that only the saver reaches."""
+    """The ops the check refuses, each with where it is: ops outside `ALLOWED_OPS`, except `SAVE_OPS`
+    in code only the save function reaches and `RESTORE_OPS` in code only the restore function reaches."""
     refused = {}
     for op, units in sorted(sites.items()):
         if op in saved_model_ops.ALLOWED_OPS:
             continue
         bad_units = {unit: roots for unit, roots in units.items()
-                     if not (op in saved_model_ops.SAVER_OPS and roots == {SAVER})}
+                     if not (len(roots) == 1 and op in _SAVER_ONLY.get(next(iter(roots)), ()))}
         if bad_units:
             refused[op] = [_describe(unit, roots) for unit, roots in sorted(bad_units.items())]
     return refused
@@ -220,10 +228,10 @@ def check_saved_model_ops(path: str) -> None:
 
     Reads `path/saved_model.pb` and checks every op of every meta graph (main
     graph and function library) against `saved_model_ops.ALLOWED_OPS`; the
-    checkpoint ops of `saved_model_ops.SAVER_OPS` are accepted only in the
-    save and restore functions of the variable saver, which loading a model
-    never lets a request reach. See the module docstring for what is and is
-    not checked.
+    checkpoint ops of `saved_model_ops.SAVE_OPS` and `RESTORE_OPS` are
+    accepted only in the variable saver's save and restore functions
+    respectively, which no request reaches. See the module docstring for
+    what is and is not checked.
 
     Args:
         path: a SavedModel version directory.

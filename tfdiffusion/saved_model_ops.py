@@ -9,19 +9,21 @@ float32, mixed_bfloat16 and mixed_float16 networks), collects the op types
 of every node of every graph and library function of each `saved_model.pb`,
 and prints them split by where they occur: `ALLOWED_OPS` occur anywhere a
 signature, the init op or a method of the loaded object reaches;
-`SAVER_OPS` occur only in the variable saver's save and restore functions.
+`SAVE_OPS` occur only in the variable saver's save function, `RESTORE_OPS`
+only in its restore function.
 Made with TensorFlow 2.21 and Keras 3.15. `tests/test_saved_model_check.py`
 exports the same kinds and fails if one of them uses an op outside these
 lists: regenerate them with the script then (and check that every new op is
 pure computation: no files, network, processes or Python).
 
-Neither list holds an op that reads or writes files, talks to other
-processes or runs Python, except the saver's checkpoint ops (`SaveV2`,
-`RestoreV2`, `MergeV2Checkpoints`), which the check accepts only where the
-saver alone reaches them (see `saved_model_check`).
+No list holds an op that reads or writes files, talks to other processes
+or runs Python, except the saver's checkpoint ops (`SaveV2` and
+`MergeV2Checkpoints` in `SAVE_OPS`, `RestoreV2` in `RESTORE_OPS`), which the
+check accepts only where the save (restore) function alone reaches them
+(see `saved_model_check`).
 """
 
-__all__ = ["ALLOWED_OPS", "SAVER_OPS"]
+__all__ = ["ALLOWED_OPS", "RESTORE_OPS", "SAVE_OPS"]
 
 ALLOWED_OPS = frozenset({
     "Abs", "AddV2", "All", "Assert", "BatchMatMulV2", "BiasAdd", "BitwiseOr", "BroadcastTo", "Cast", "ConcatV2",
@@ -33,7 +35,10 @@ ALLOWED_OPS = frozenset({
     "Square", "Squeeze", "StatefulPartitionedCall", "StatelessRandomNormalV2", "StatelessRandomUniformFullIntV2",
     "StridedSlice", "Sub", "Sum", "TopKV2", "Transpose", "VarHandleOp", "While", "ZerosLike",
 })
-SAVER_OPS = frozenset({
-    "AssignVariableOp", "DisableCopyOnRead", "MergeV2Checkpoints", "RestoreV2", "SaveV2", "Select",
-    "ShardedFilename", "StaticRegexFullMatch", "StringJoin",
+SAVE_OPS = frozenset({
+    "DisableCopyOnRead", "MergeV2Checkpoints", "SaveV2", "Select", "ShardedFilename", "StaticRegexFullMatch",
+    "StringJoin",
+})
+RESTORE_OPS = frozenset({
+    "AssignVariableOp", "RestoreV2",
 })
