@@ -5,8 +5,10 @@ every kind of model `export_saved_model` writes (class-conditional and
 unconditional; epsilon, x0 and v prediction; fixed and learned variances;
 every registered sampler and spacing, clipping and dynamic thresholding,
 zero terminal SNR; XLA on and off; warm-up requests; the UNet's options;
-float32, mixed_bfloat16 and mixed_float16 networks), collects the op types
-of every node of every graph and library function of each `saved_model.pb`,
+float32, mixed_bfloat16 and mixed_float16 networks), adds the SavedModels
+shipped in `saved_models/` (written by an earlier version of the export:
+`Prod` and `SquaredDifference` come from them), collects the op types of
+every node of every graph and library function of each `saved_model.pb`,
 and prints them split by where they occur: `ALLOWED_OPS` occur anywhere a
 signature, the init op or a method of the loaded object reaches;
 `SAVE_OPS` occur only in the variable saver's save function, `RESTORE_OPS`
@@ -30,10 +32,11 @@ ALLOWED_OPS = frozenset({
     "Const", "Conv2D", "Cos", "EnsureShape", "Equal", "Exp", "Expm1", "Fill", "Floor", "FloorDiv", "FloorMod",
     "GatherV2", "Greater", "GreaterEqual", "Identity", "IdentityN", "If", "IsFinite", "LeftShift", "Less",
     "LessEqual", "Log", "Log1p", "LogicalAnd", "LogicalOr", "MatMul", "Max", "Maximum", "Mean", "Min", "Minimum",
-    "Mul", "Neg", "NoOp", "OnesLike", "Pack", "Pad", "Placeholder", "Pow", "Range", "ReadVariableOp", "RealDiv",
-    "Reshape", "Round", "Rsqrt", "SelectV2", "Shape", "Sigmoid", "Sin", "Size", "Softmax", "Split", "Sqrt",
-    "Square", "Squeeze", "StatefulPartitionedCall", "StatelessRandomNormalV2", "StatelessRandomUniformFullIntV2",
-    "StridedSlice", "Sub", "Sum", "TopKV2", "Transpose", "VarHandleOp", "While", "ZerosLike",
+    "Mul", "Neg", "NoOp", "OnesLike", "Pack", "Pad", "Placeholder", "Pow", "Prod", "Range", "ReadVariableOp",
+    "RealDiv", "Reshape", "Round", "Rsqrt", "SelectV2", "Shape", "Sigmoid", "Sin", "Size", "Softmax", "Split",
+    "Sqrt", "Square", "SquaredDifference", "Squeeze", "StatefulPartitionedCall", "StatelessRandomNormalV2",
+    "StatelessRandomUniformFullIntV2", "StridedSlice", "Sub", "Sum", "TopKV2", "Transpose", "VarHandleOp", "While",
+    "ZerosLike",
 })
 SAVE_OPS = frozenset({
     "DisableCopyOnRead", "MergeV2Checkpoints", "SaveV2", "Select", "ShardedFilename", "StaticRegexFullMatch",
