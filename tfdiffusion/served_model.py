@@ -24,13 +24,13 @@ from absl import logging as absl_logging
 
 from tfdiffusion import random as tfd_random
 from tfdiffusion import validation
-from tfdiffusion.saved_model_check import check_saved_model_ops
 from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
 from tfdiffusion.export_signatures import NON_FINITE_IMAGES
 from tfdiffusion.generation import merge_eta
 from tfdiffusion.loading import load_model
+from tfdiffusion.saved_model_check import check_saved_model_ops
 from tfdiffusion.serving import generate_inputs
 
 __all__ = ["ServedModel", "is_saved_model", "load_generator", "load_saved_model"]
