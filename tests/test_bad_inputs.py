@@ -173,6 +173,71 @@ def _with_keras_home(folder, call):
             os.environ["KERAS_HOME"] = before
 
 
+def _hostile_saved_model(env):
+    """issue 23: a SavedModel that looks like a tfdiffusion export (its description file) but writes
+    `watched/leaked` when loaded and on each request: built once, outside the watched folder, so a row that
+    runs any of its graph changes the watched folder."""
+    if getattr(env, "hostile_model", None) is None:
+        from tests import hostile_saved_model
+
+        secret = os.path.join(env.root, "secret.txt")
+        with open(secret, "w") as file:
+            file.write("secret")
+        env.hostile_model = os.path.join(env.root, "hostile")
+        hostile_saved_model.hostile_saved_model(env.hostile_model, env.path("leaked"), secret)
+    return env.hostile_model
+
+
+def _nan_pipeline(env):
+    """issue 23: a diffusers pipeline folder (the ddpm_layout fixture) with one NaN in `conv_in.bias`."""
+    if getattr(env, "nan_pipeline", None) is None:
+        import pathlib
+
+        from safetensors.numpy import load_file, save_file
+
+        from tests.convert.reference import make_pipeline
+
+        folder = make_pipeline(pathlib.Path(env.root), "ddpm_layout")
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        tensors = load_file(weights)
+        tensors["conv_in.bias"][0] = np.nan
+        save_file(tensors, weights)
+        env.nan_pipeline = str(folder)
+    return env.nan_pipeline
+
+
+def _nan_model(env):
+    """issue 23: an unconditional model whose EMA `conv_in` bias holds one NaN, and its .keras file (both outside
+    the watched folder)."""
+    if getattr(env, "nan_model", None) is None:
+        model = tfdiff.DiffusionModel(_unet(None), env.diffusion, label_dropout=0.0)
+        bias = model.ema_network.conv_in.bias.numpy()
+        bias[0] = np.nan
+        model.ema_network.conv_in.bias.assign(bias)
+        model.saved_path = os.path.join(env.root, "nan.keras")
+        model.save(model.saved_path)
+        env.nan_model = model
+    return env.nan_model
+
+
+def _diffusers_pipeline(env, name, unet=None, scheduler=None):
+    """issue 23: the ddpm_layout diffusers fixture as a pipeline folder `env.root/NAME`, with `unet` and
+    `scheduler` config keys changed (made once per name, outside the watched folder)."""
+    import pathlib
+
+    from tests.convert.reference import make_pipeline
+
+    folder = pathlib.Path(env.root) / name
+    if not folder.exists():
+        built = make_pipeline(folder, "ddpm_layout")
+        for changes, config in ((unet, built / "unet" / "config.json"),
+                                (scheduler, built / "scheduler" / "scheduler_config.json")):
+            values = json.loads(config.read_text())
+            values.update(changes or {})
+            config.write_text(json.dumps(values))
+    return str(next(folder.iterdir()))
+
+
 def _api_cases():
     def gd(**kwargs):
         return lambda e: GaussianDiffusion(**{"betas": schedules.get_beta_schedule("cosine", T), **kwargs})
@@ -495,6 +560,31 @@ def _api_cases():
                                                                          noise=np.zeros((3, 8, 8, 3), np.float32)),
              ValueError, ["`noise`"]),
         Case("load-model-not-a-path", lambda e: tfdiff.load_model(5), TypeError, ["`path`"]),
+        # issue 23: saved-model op check
+        Case("load-saved-model-writes-files", lambda e: tfdiff.load_saved_model(_hostile_saved_model(e)),
+             ValueError, ["WriteFile", "ReadFile", "signature 'generate_ddim'", "trust_graph=True"]),
+        Case("load-generator-saved-model-writes-files", lambda e: tfdiff.load_generator(_hostile_saved_model(e)),
+             ValueError, ["WriteFile", "the init op"]),
+        # issue 23: non-finite weights and images
+        Case("from-diffusers-nan-weight", lambda e: tfdiff.from_diffusers(_nan_pipeline(e)), ValueError,
+             ["'conv_in.bias'", "1 NaN or infinite value(s)"]),
+        Case("generate-nan-weights", lambda e: _nan_model(e).generate(2, num_steps=2, jit_compile=False),
+             ValueError, ["2 of 2 generated images hold NaN", "conv_in/bias"]),
+        Case("generate-on-non-finite-choice", gen(on_non_finite="ignore"), ValueError, ["on_non_finite"]),
+        # issue 23: from_diffusers config values under the config's keys; the size estimated before building
+        Case("from-diffusers-layers-per-block-0", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "layers0", unet=dict(layers_per_block=0))), ValueError, ["layers_per_block"]),
+        Case("from-diffusers-sample-size-0", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "size0", unet=dict(sample_size=0))), ValueError, ["sample_size=0"]),
+        Case("from-diffusers-groups-not-dividing", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "groups3", unet=dict(norm_num_groups=3))), ValueError, ["norm_num_groups=3", "block_out_channels"]),
+        Case("from-diffusers-huge-channels", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "huge", unet=dict(block_out_channels=[100000], down_block_types=["DownBlock2D"],
+                                 up_block_types=["UpBlock2D"]))), ValueError,
+             ["block_out_channels=[100000]", "estimated", "max_parameters"]),
+        Case("from-diffusers-trained-betas-nan", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
+            e, "betas-nan", scheduler=dict(num_train_timesteps=2, trained_betas=[0.1, float("nan")]))), ValueError,
+             ["trained_betas"]),
     ]
 
 
@@ -653,6 +743,30 @@ def _cli_cases():
                                                       e.path("c.keras")), CLI, ["none"]),
         Case("cli-convert-output-exists", lambda e: cli_run("convert", "--from-diffusers", e.images_dir,
                                                             "--output", e.model_path), CLI, ["--overwrite"]),
+        # issue 23: saved-model op check
+        Case("cli-sample-saved-model-writes-files", lambda e: cli_run(
+            "sample", "--model", _hostile_saved_model(e), "--steps", 1, "--npz", e.path("hostile.npz")), CLI,
+             ["--model", "WriteFile", "--trust-model"]),
+        Case("cli-evaluate-saved-model-writes-files", lambda e: cli_run(
+            "evaluate", "--model", _hostile_saved_model(e), "--dataset", "shapes", "--metric", "kid",
+            "--features", "shapes", "--num-images", 4, "--steps", 1, "--no-jit-compile"), CLI,
+             ["--model", "WriteFile"]),
+        Case("cli-evaluate-trust-model-with-bpd", evaluate("--trust-model"), CLI, ["--trust-model", "fid"]),
+        # issue 23: non-finite weights and images
+        Case("cli-convert-nan-weight", lambda e: cli_run("convert", "--from-diffusers", _nan_pipeline(e),
+                                                         "--output", e.path("nan.keras")), CLI, ["'conv_in.bias'"]),
+        Case("cli-sample-nan-weights", lambda e: cli_run(
+            "sample", "--model", _nan_model(e).saved_path, "--steps", 2, "--no-jit-compile", "--npz",
+            e.path("nan.npz")), CLI, ["cannot sample", "NaN or infinite", "conv_in/bias"]),
+        # issue 23: from_diffusers config values under the config's keys; the size estimated before building
+        Case("cli-convert-huge-channels", lambda e: cli_run(
+            "convert", "--from-diffusers", _diffusers_pipeline(
+                e, "huge", unet=dict(block_out_channels=[100000], down_block_types=["DownBlock2D"],
+                                     up_block_types=["UpBlock2D"])), "--output", e.path("huge.keras")), CLI,
+             ["block_out_channels=[100000]", "--max-parameters"]),
+        Case("cli-convert-layers-per-block-0", lambda e: cli_run(
+            "convert", "--from-diffusers", _diffusers_pipeline(e, "layers0", unet=dict(layers_per_block=0)),
+            "--output", e.path("layers0.keras")), CLI, ["layers_per_block"]),
     ]
 
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tests import export_helpers as helpers
+from tfdiffusion import cli
 from tfdiffusion import export
 
 # A child process that exports an unconditional tiny model as version 1 (whole),
@@ -41,22 +42,34 @@ export.export_saved_model(model, model_dir, samplers=("ddpm",), default_sampler=
 """
 
 
+def _stalled_export(code, model_dir, signal_path, *args):
+    """A child process running `code` with the arguments `model_dir signal_path *args`, once it has created
+    `signal_path`: its export's SavedModel is written, not yet moved into place."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+        [helpers.REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    child = subprocess.Popen([sys.executable, "-c", code, *map(str, (model_dir, signal_path) + args)],
+                             cwd=helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while not os.path.exists(signal_path) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not os.path.exists(signal_path):
+        child.kill()
+        assert False, child.communicate()[1][-3000:]
+    return child
+
+
+def _kill(child):
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    assert child.returncode == -signal.SIGKILL
+
+
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory):
     """`(model_dir, reference images)` after the child was killed while writing version 2."""
     folder = tmp_path_factory.mktemp("killed")
     model_dir, signal_path = folder / "base" / "plain", folder / "saved.signal"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
-        [helpers.REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    child = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, model_dir, signal_path, folder / "images.npy"],
-                             cwd=helpers.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 400
-    while not os.path.exists(signal_path) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    child.send_signal(signal.SIGKILL)
-    _, stderr = child.communicate()
-    assert os.path.exists(signal_path), stderr[-3000:]
-    assert child.returncode == -signal.SIGKILL
+    _kill(_stalled_export(KILLED_EXPORT, model_dir, signal_path, folder / "images.npy"))
     return str(model_dir), np.load(folder / "images.npy")
 
 
@@ -109,3 +122,75 @@ def test_overwrite_replaces_a_version(killed, exported, tmp_path):
     (copy / "7").mkdir()
     (copy / "notes").mkdir()
     assert export.existing_versions(copy) == [1, 7]
+
+
+# ---------------------------------------------------------------- issue 23
+# A later export removes the working folders that killed exports left, never a running export's.
+STALLED_EXPORT = r"""
+import sys, time
+import tensorflow as tf
+from tests import export_helpers as helpers
+from tfdiffusion import export
+
+model_dir, signal_path = sys.argv[1:3]
+real_save = tf.saved_model.save
+
+def save_then_stall(*args, **kwargs):
+    real_save(*args, **kwargs)
+    open(signal_path, "w").close()
+    time.sleep(600)
+
+tf.saved_model.save = save_then_stall
+export.export_saved_model(helpers.tiny_model(num_classes=None, seed=3), model_dir, samplers=("ddpm",),
+                          default_sampler="ddpm", max_images=2, warmup_requests=False)
+"""
+
+
+def _hidden(folder):
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
+def test_a_later_export_removes_what_a_killed_export_left(killed, exported, tmp_path):
+    model_dir, _ = killed
+    copy = tmp_path / "plain"
+    shutil.copytree(model_dir, copy)  # with the killed export's hidden .2.*.tmp (6 MB of SavedModel)
+    assert len(_hidden(copy)) == 1
+    model, _, _ = exported
+    export.export_saved_model(model, copy, samplers=("ddim",), warmup_requests=False)
+    assert sorted(os.listdir(copy)) == ["1", "2"]
+
+
+def test_a_running_exports_folder_is_kept_and_removed_once_it_died(exported, tmp_path):
+    model_dir = tmp_path / "live"
+    child = _stalled_export(STALLED_EXPORT, model_dir, tmp_path / "saved.signal")
+    try:
+        working = _hidden(model_dir)
+        assert len(working) == 1 and working[0].startswith(".1.") and working[0].endswith(".tmp")
+        model, _, _ = exported
+        export.export_saved_model(model, model_dir, version=5, samplers=("ddim",), warmup_requests=False)
+        assert export.remove_stale_working_folders(str(model_dir)) == []
+        assert _hidden(model_dir) == working  # still being written by the other process: kept
+        assert os.path.isfile(model_dir / working[0] / "saved_model.pb")
+    finally:
+        _kill(child)
+    # Dead now: the command line's export removes it.
+    keras_file = tmp_path / "tiny.keras"
+    model.save(keras_file)
+    assert cli.main(["export", "--model", str(keras_file), "--output", str(model_dir), "--version", "6",
+                     "--samplers", "ddim"]) == 0
+    assert sorted(os.listdir(model_dir)) == ["5", "6"]
+
+
+def test_only_an_exports_own_working_folders_are_removed(tmp_path):
+    """As a killed export leaves them (a .tmp being written, an .old being replaced), and look-alikes that
+    are not an export's, which stay."""
+    for name in (".3.k2j3h4g5.tmp/variables", ".1.abcd_123.old/previous", ".notes", ".4.short.tmp",
+                 "3", ".2.abcdefgh.tmp.keep"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / ".3.k2j3h4g5.tmp" / "saved_model.pb").write_bytes(b"half")
+    (tmp_path / ".5.abcdefgh.tmp").write_text("a file, not a folder")
+    (tmp_path / ".6.abcdefgh.tmp").symlink_to(tmp_path / "3")
+    assert export.remove_stale_working_folders(str(tmp_path)) == [".1.abcd_123.old", ".3.k2j3h4g5.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [".2.abcdefgh.tmp.keep", ".4.short.tmp", ".5.abcdefgh.tmp",
+                                            ".6.abcdefgh.tmp", ".notes", "3"]
+    assert export.remove_stale_working_folders(str(tmp_path / "missing")) == []

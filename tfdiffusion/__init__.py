@@ -41,6 +41,8 @@ from tfdiffusion.samplers import classifier_free_guidance
 from tfdiffusion.samplers import get_sampler
 from tfdiffusion.samplers import register_sampler
 from tfdiffusion.samplers import sampler_names
+from tfdiffusion.saved_model_check import UnsafeSavedModelError
+from tfdiffusion.saved_model_check import check_saved_model_ops
 from tfdiffusion.schedules import get_beta_schedule
 from tfdiffusion.served_model import load_generator
 from tfdiffusion.served_model import load_saved_model
@@ -62,7 +64,9 @@ __all__ = [
     "Sampler",
     "TrainSettings",
     "UNet",
+    "UnsafeSavedModelError",
     "build_model",
+    "check_saved_model_ops",
     "classifier_free_guidance",
     "convert_diffusers",
     "discretized_gaussian_log_likelihood",

@@ -178,7 +178,9 @@ class SampleGrid(keras.callbacks.Callback):
         if self.skip_from_step is not None and step >= self.skip_from_step:
             return
         with_metrics = self.real_images is not None
-        generated = self.model.generate(self._count(), labels=self.labels, **self.generate_kwargs)
+        # A diverged (NaN) model's grid is black with a warning; the run itself goes on as Keras would.
+        generated = self.model.generate(self._count(), labels=self.labels, on_non_finite="warn",
+                                        **self.generate_kwargs)
         grid = generated[:self.num_images]
         os.makedirs(self.directory, exist_ok=True)
         path = os.path.join(self.directory, f"samples_step{step:07d}.png")

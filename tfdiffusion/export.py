@@ -32,8 +32,8 @@ from tfdiffusion.export_signatures import generate_input_specs
 from tfdiffusion.export_signatures import request_values
 from tfdiffusion.export_signatures import signature_name
 
-__all__ = ["DEFAULT_MAX_IMAGES", "METADATA_FILE", "export_onnx", "export_saved_model", "resolve_version_dir",
-           "split_version_path"]
+__all__ = ["DEFAULT_MAX_IMAGES", "METADATA_FILE", "export_onnx", "export_saved_model",
+           "remove_stale_working_folders", "resolve_version_dir", "split_version_path"]
 
 # The description of an exported model, relative to its version directory.
 METADATA_FILE = "assets.extra/tfdiffusion.json"
@@ -146,15 +146,88 @@ def _warmup_requests(module: ServingModule, default_sampler: str):
     return requests
 
 
+# The hidden folders an export works in: `.VERSION.XXXXXXXX.tmp` (the version being written) and
+# `.VERSION.XXXXXXXX.old` (a replaced version being removed), XXXXXXXX from `tempfile.mkdtemp`.
+_WORKING_FOLDER = re.compile(r"^\.[0-9]+\.[a-z0-9_]{8}\.(tmp|old)$")
+
+
+def _lock(path: str, blocking: bool) -> Optional[int]:
+    """An open descriptor of the folder `path` holding an exclusive `flock` on it, or None.
+
+    The lock lives as long as the descriptor, and the kernel drops it when the
+    process dies (SIGKILL included): a working folder whose lock can be taken
+    belongs to no running export. None: `blocking` is False and another
+    process holds the lock, or the platform has no `flock` (then none is taken).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks, and no folder is ever taken for stale
+        return None
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:  # held by a running export (BlockingIOError), or locks unsupported here
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _locked_working_folder(model_dir: str, version: int, suffix: str) -> Tuple[str, Optional[int]]:
+    """A new working folder and the lock that marks its export as running.
+
+    Another export may take the lock between `mkdtemp` and `flock` (the new
+    folder is not locked yet) and remove the folder: then it is made again.
+    """
+    while True:
+        folder = tempfile.mkdtemp(prefix=f".{version}.", suffix=suffix, dir=model_dir)
+        lock = None
+        try:
+            lock = _lock(folder, blocking=True)
+            if lock is None or os.path.samestat(os.fstat(lock), os.stat(folder)):
+                return folder, lock
+        except FileNotFoundError:  # removed before it was locked
+            pass
+        if lock is not None:
+            os.close(lock)
+
+
+def remove_stale_working_folders(model_dir: str) -> List[str]:
+    """Removes the working folders of exports that died (killed mid-export) from `model_dir`; returns their names.
+
+    A folder counts as stale when its name is an export's working folder
+    (`.VERSION.XXXXXXXX.tmp` or `.old`) and no process holds its lock: a
+    running export (in any process on this machine) keeps its own. Without
+    `flock` (not POSIX) nothing is removed.
+    """
+    removed = []
+    for name in sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []:
+        path = os.path.join(model_dir, name)
+        if not _WORKING_FOLDER.match(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        lock = _lock(path, blocking=False)
+        if lock is None:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(lock)
+        removed.append(name)
+    return removed
+
+
 @contextlib.contextmanager
 def _temporary_version_dir(model_dir: str, version: int):
-    """A hidden folder beside the versions (TF Serving only serves integer names), removed on failure."""
-    tmp = tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=model_dir)
+    """A hidden folder beside the versions (TF Serving only serves integer names), locked while the export
+    runs and removed on failure (a killed export's is removed by the next export)."""
+    tmp, lock = _locked_working_folder(model_dir, version, ".tmp")
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def export_saved_model(model, path: str, version: Optional[int] = None,
@@ -168,7 +241,8 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
     The version is written to a hidden temporary folder in `BASE/NAME/` and
     renamed into place when complete, so a server watching `BASE/NAME`
     never sees a half-written version (a killed export leaves only a
-    hidden `.VERSION.*.tmp` folder, which TF Serving ignores).
+    hidden `.VERSION.*.tmp` folder, which TF Serving ignores, and which the
+    next export into `BASE/NAME` removes: see `remove_stale_working_folders`).
 
     Args:
         model: the `DiffusionModel`.
@@ -221,6 +295,7 @@ def export_saved_model(model, path: str, version: Optional[int] = None,
                               "or pass overwrite=True to replace it")
     module = ServingModule(model, samplers, max_images, spacing, clip_denoised, jit_compile, threshold)
     signatures = module.signatures(default_sampler)  # traced before anything is written
+    remove_stale_working_folders(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     with _temporary_version_dir(model_dir, version) as tmp:
         # No gradient functions: serving never differentiates, and tracing them (tf.nn.silu's custom
@@ -249,13 +324,15 @@ def _umask() -> int:
 
 def _move_into_place(tmp: str, final: str, model_dir: str, version: int) -> None:
     """Renames `tmp` to `final`; an existing `final` (overwrite) is moved aside first, then removed."""
-    old = None
+    old = lock = None
     if os.path.exists(final):
-        old = tempfile.mkdtemp(prefix=f".{version}.", suffix=".old", dir=model_dir)
+        old, lock = _locked_working_folder(model_dir, version, ".old")
         os.rename(final, os.path.join(old, "previous"))
     os.rename(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def export_onnx(model, path: str, overwrite: bool = False) -> str:

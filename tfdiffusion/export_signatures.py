@@ -9,6 +9,10 @@ images equal `generate`'s. With `jit_compile`, only that inner function is
 compiled by XLA, which drops `Assert` ops inside its clusters; the checks
 live in the outer function and every tensor of the work depends on them.
 
+A request whose images come out NaN or infinite (which uint8 would make
+black: non-finite weights, or an overflow) fails with `NON_FINITE_IMAGES`
+instead of returning them.
+
 The batch cap holds twice: an `Assert` refuses a batch above it, and the
 batch is sliced to `min(N, max_images)` before x_T is drawn, so no request
 can make the graph allocate more than `max_images` images even if the
@@ -23,7 +27,11 @@ import tensorflow as tf
 from tfdiffusion import random as tfd_random
 from tfdiffusion import sampling
 
-__all__ = ["ServingModule", "example_inputs", "generate_input_specs", "request_values", "signature_name"]
+__all__ = ["NON_FINITE_IMAGES", "ServingModule", "example_inputs", "generate_input_specs", "request_values",
+           "signature_name"]
+
+# The start of a `generate` request's error when the sampled images hold NaN or infinite values.
+NON_FINITE_IMAGES = "The sampled images hold NaN or infinite values (the exported weights may be non-finite)"
 
 
 def signature_name(sampler: str) -> str:
@@ -165,7 +173,12 @@ class ServingModule(tf.Module):
                 if conditional:
                     sampler_args.append(tf.identity(inputs["guidance_scale"]))
                 sampler_args += [tf.identity(inputs[name]) for name in option_names]
-            return {"images": image_sampler.function(*sampler_args)}
+            images, finite = image_sampler.function(*sampler_args)
+            # A NaN image would come out black: the request fails instead, saying how many (outside XLA).
+            bad = tf.size(finite) - tf.reduce_sum(tf.cast(finite, tf.int32))
+            with tf.control_dependencies([_check(tf.equal(bad, 0), f"{NON_FINITE_IMAGES}. Non-finite images, "
+                                                 "batch size:", bad, tf.size(finite))]):
+                return {"images": tf.identity(images)}
 
         specs = generate_input_specs(conditional, option_names)
         return tf.function(generate, input_signature=specs, autograph=False).get_concrete_function()

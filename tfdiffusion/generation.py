@@ -15,7 +15,22 @@ from tfdiffusion import samplers
 from tfdiffusion import sampling
 from tfdiffusion import validation
 
-__all__ = ["ImageGeneration", "merge_eta", "report_progress"]
+__all__ = ["NON_FINITE_ACTIONS", "ImageGeneration", "merge_eta", "non_finite_weights", "report_progress"]
+
+# What `generate` does with images whose values were NaN or infinite before the uint8 conversion.
+NON_FINITE_ACTIONS = ("raise", "warn")
+
+
+def non_finite_weights(network) -> Dict[str, int]:
+    """`{variable path: number of NaN or infinite values}` of a Keras network's weights (finite ones left out)."""
+    found = {}
+    for weight in network.weights:
+        values = np.asarray(weight.numpy())
+        if np.issubdtype(values.dtype, np.floating):
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            if bad:
+                found[getattr(weight, "path", weight.name)] = bad
+    return found
 
 
 def merge_eta(eta: Optional[float], options: Optional[Mapping[str, float]]) -> Dict[str, Any]:
@@ -70,6 +85,21 @@ class ImageGeneration:
                              f"{labels.min()} to {labels.max()}")
         return labels.astype(np.int32)
 
+    def _non_finite_report(self, bad: int, count: int) -> str:
+        """Says how many images were non-finite and what to check: the EMA weights first."""
+        message = (f"{bad} of {count} generated images hold NaN or infinite values before the conversion to "
+                   "uint8 (which would make them black). ")
+        weights = non_finite_weights(self.ema_network)
+        if weights:
+            first = next(iter(weights))
+            return message + (f"The EMA network's weights hold {sum(weights.values())} non-finite value(s) in "
+                              f"{len(weights)} variable(s), e.g. {first!r} ({weights[first]}): the weights are "
+                              "broken (a training run that diverged, or a checkpoint converted with NaN); "
+                              "retrain, or load weights that are finite.")
+        return message + ("The EMA network's weights are all finite, so its outputs overflow for these settings: "
+                          "check guidance_scale, threshold, the sampler and num_steps, and the precision policy "
+                          "(float16 overflows beyond 65504).")
+
     @property
     def sampling_network(self) -> sampling.TracedNetwork:
         """The EMA network's inference call as one traced function, shared by every sampler and export."""
@@ -102,7 +132,8 @@ class ImageGeneration:
                  jit_compile: Optional[bool] = None,
                  progress: Optional[Callable[[int, int], None]] = None,
                  threshold: Optional[float] = None,
-                 options: Optional[Mapping[str, float]] = None) -> np.ndarray:
+                 options: Optional[Mapping[str, float]] = None,
+                 on_non_finite: str = "raise") -> np.ndarray:
         """Samples images with the EMA weights.
 
         Args:
@@ -135,26 +166,43 @@ class ImageGeneration:
                 paper), instead of plain clipping; None: off.
             options: further run-time options of the sampler by name, e.g.
                 `{"churn": 10.0}` for "heun" (`samplers.get_sampler(name).options`).
+            on_non_finite: what to do with images whose values came out NaN
+                or infinite (which uint8 would make black): "raise" (a
+                ValueError after the first batch holding one, saying how
+                many and whether the EMA weights are finite) or "warn"
+                (a warning; such images are returned black).
 
         Returns:
             uint8 numpy array `[num_images, H, W, C]`.
+
+        Raises:
+            ValueError: a bad argument (before any work), or non-finite
+                images with `on_non_finite="raise"`.
         """
         plan = self._generate_plan(num_images, sampler, num_steps, seed, labels, guidance_scale, eta,
                                    clip_denoised, spacing, batch_size, jit_compile, threshold, options)
+        on_non_finite = validation.check_choice("on_non_finite", on_non_finite, NON_FINITE_ACTIONS)
         if progress is not None:
             report_progress(progress, 0, num_images)
         image_sampler, labels = plan["image_sampler"], plan["labels"]
         base_seed = tfd_random.seed_pair(plan["seed"])
-        outputs = []
+        outputs, non_finite = [], 0
         for start in range(0, num_images, plan["batch_size"]):
             count = min(plan["batch_size"], num_images - start)
             noise, batch_seed = sampling.initial_noise(base_seed, start, (count,) + self.image_shape)
-            outputs.append(image_sampler(noise, batch_seed, plan["num_steps"],
-                                         None if labels is None else labels[start:start + count],
-                                         plan["guidance_scale"], plan["options"],
-                                         strategy=self.distribute_strategy).numpy())
+            batch, finite = image_sampler(noise, batch_seed, plan["num_steps"],
+                                          None if labels is None else labels[start:start + count],
+                                          plan["guidance_scale"], plan["options"],
+                                          strategy=self.distribute_strategy)
+            outputs.append(batch.numpy())
+            non_finite += count - int(np.count_nonzero(finite.numpy()))
+            if non_finite and on_non_finite == "raise":
+                raise ValueError(self._non_finite_report(non_finite, start + count)
+                                 + " (on_non_finite='warn' returns them black.)")
             if progress is not None:
                 progress(start + count, num_images)
+        if non_finite:
+            warnings.warn(self._non_finite_report(non_finite, num_images), stacklevel=2)
         return np.concatenate(outputs, axis=0)
 
     def check_generate_arguments(self, num_images: int, sampler: str = "ddim", num_steps: int = 50,

@@ -190,12 +190,16 @@ class ImageSampler:
         model_kwargs = {} if labels is None else {"y": labels}
         x_0 = self.sampler.sample(self._model_fn(guidance_scale, replica), noise, num_steps, seed, model_kwargs,
                                   batch_offset=batch_offset, **options)
-        return images.to_uint8(x_0)
+        # uint8 conversion maps NaN to 0: which images were finite before it is returned beside them.
+        finite = tf.reduce_all(tf.math.is_finite(x_0), axis=list(range(1, len(self.image_shape) + 1)))
+        return images.to_uint8(x_0), finite
 
     def __call__(self, noise: tf.Tensor, seed: tf.Tensor, num_steps: int, labels: Any = None,
                  guidance_scale: float = 1.0, options: Optional[Dict[str, float]] = None,
-                 strategy: Optional[tf.distribute.Strategy] = None) -> tf.Tensor:
-        """uint8 images `[N, H, W, C]` from x_T `noise` `[N, H, W, C]` (arguments already checked).
+                 strategy: Optional[tf.distribute.Strategy] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+        """uint8 images `[N, H, W, C]` from x_T `noise` `[N, H, W, C]` (arguments already checked), and
+        bool `[N]`: whether each image's x_0 was finite before the conversion to uint8 (which maps NaN to 0).
+        `function` returns the same pair.
 
         With a multi-replica `strategy` the batch is split across the
         replicas in consecutive slices and gathered back in order; every
@@ -246,9 +250,11 @@ class ImageSampler:
         key = id(strategy)
         if key not in self._distributed:
             def run(*args):
-                # int32: the collective all-gather takes no uint8
-                images = strategy.run(lambda *a: tf.cast(self._replica_function(*a), tf.int32), args=args)
-                return tf.cast(strategy.gather(images, axis=0), tf.uint8)
+                # int32: the collective all-gather takes no uint8 (nor bool)
+                images, finite = strategy.run(
+                    lambda *a: tuple(tf.cast(value, tf.int32) for value in self._replica_function(*a)), args=args)
+                return (tf.cast(strategy.gather(images, axis=0), tf.uint8),
+                        tf.cast(strategy.gather(finite, axis=0), tf.bool))
 
             self._distributed[key] = tf.function(run, autograph=False)
         args = [split(noise), seed] + ([] if labels is None else [split(labels)]) + scalars

@@ -5,10 +5,17 @@ them against the model's description (`assets.extra/tfdiffusion.json`) and
 calls the `generate_<sampler>` signature: up to `max_images` images come
 from one call and equal `DiffusionModel.generate`'s for the same seed and
 settings (same XLA mode). `load_generator` loads either kind of model.
+
+A SavedModel is a program. Before anything of it runs, its graph is checked
+against the ops tfdiffusion's own exports use (`saved_model_check`): a graph
+that reads or writes files, runs Python or talks to other machines is
+refused, naming the op. `trust_graph=True` skips the check, for a file whose
+source you trust.
 """
 
 import json
 import os
+import re
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -20,9 +27,11 @@ from tfdiffusion import validation
 from tfdiffusion.export import METADATA_FILE
 from tfdiffusion.export import METADATA_FORMAT
 from tfdiffusion.export import resolve_version_dir
+from tfdiffusion.export_signatures import NON_FINITE_IMAGES
 from tfdiffusion.generation import merge_eta
 from tfdiffusion.generation import report_progress
 from tfdiffusion.loading import load_model
+from tfdiffusion.saved_model_check import check_saved_model_ops
 from tfdiffusion.serving import generate_inputs
 
 __all__ = ["ServedModel", "is_saved_model", "load_generator", "load_saved_model"]
@@ -49,9 +58,19 @@ class ServedModel:
         default_sampler: the sampler of `generate` / `serving_default`.
         max_images: the largest batch one signature call takes.
         jit_compile: whether the sampling loops were compiled with XLA.
+
+    Args:
+        path: a version directory, or a model directory (its latest version).
+        trust_graph: skip the op check (`saved_model_check.check_saved_model_ops`)
+            and run whatever the graph holds; only for a file you trust.
+
+    Raises:
+        saved_model_check.UnsafeSavedModelError: (a ValueError) the graph
+            holds ops tfdiffusion's exports never use; nothing was run.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, trust_graph: bool = False):
+        trust_graph = validation.check_bool("trust_graph", trust_graph)
         self.path = resolve_version_dir(path)
         metadata_path = os.path.join(self.path, METADATA_FILE)
         if not os.path.isfile(metadata_path):
@@ -69,6 +88,8 @@ class ServedModel:
         self.default_sampler: str = self.metadata["default_sampler"]
         self.max_images: int = self.metadata["max_images"]
         self.jit_compile: bool = self.metadata["jit_compile"]
+        if not trust_graph:
+            check_saved_model_ops(self.path)  # reads saved_model.pb only; runs nothing
         # The export leaves out gradient functions (serving never differentiates); loading warns of
         # each function that has none. Those warnings would be noise here.
         verbosity = absl_logging.get_verbosity()
@@ -190,31 +211,48 @@ class ServedModel:
                 batch_seed, num_steps, labels=None if labels is None else labels[start:start + count],
                 num_images=count if labels is None else None,
                 guidance_scale=guidance_scale if self.num_classes is not None else None, **options)
-            outputs.append(signature(**{name: tf.constant(value) for name, value in inputs.items()})
-                           ["images"].numpy())
+            try:
+                outputs.append(signature(**{name: tf.constant(value) for name, value in inputs.items()})
+                               ["images"].numpy())
+            except tf.errors.InvalidArgumentError as error:
+                if NON_FINITE_IMAGES not in error.message:
+                    raise
+                counts = re.search(r"batch size:\]? \[?(\d+)\]? \[?(\d+)", error.message)
+                found = f"{counts.group(1)} of {counts.group(2)} images" if counts else "some images"
+                raise ValueError(f"{found} sampled by {self.path!r} (batch starting at image {start}) hold NaN or "
+                                 "infinite values, which uint8 would make black: the exported weights are "
+                                 "probably non-finite (a training run that diverged, or a bad conversion); "
+                                 "re-export finite weights") from None
             if progress is not None:
                 progress(start + count, num_images)
         return np.concatenate(outputs, axis=0)
 
 
-def load_saved_model(path: str) -> ServedModel:
-    """Loads an exported model: a version directory `BASE/NAME/VERSION`, or `BASE/NAME` (its latest version)."""
-    return ServedModel(path)
+def load_saved_model(path: str, trust_graph: bool = False) -> ServedModel:
+    """Loads an exported model: a version directory `BASE/NAME/VERSION`, or `BASE/NAME` (its latest version).
+
+    The graph is first checked against the ops tfdiffusion's exports use
+    (`saved_model_check`); `trust_graph=True` skips the check (see `ServedModel`).
+    """
+    return ServedModel(path, trust_graph=trust_graph)
 
 
-def load_generator(path: str, log: Optional[Callable[[str], None]] = None):
+def load_generator(path: str, log: Optional[Callable[[str], None]] = None, trust_graph: bool = False):
     """A model to sample from: an exported SavedModel (`ServedModel`) or a `.keras` file / run folder.
 
     Args:
         path: a SavedModel directory, a `.keras` file or a `tfdiffusion train` output folder.
         log: optional `log(line)`, told which kind was loaded.
+        trust_graph: for a SavedModel, skip the op check (see `ServedModel`);
+            a `.keras` file is always loaded with Keras' `safe_mode`.
 
     Returns:
         A `ServedModel` or a `DiffusionModel`; both have `generate`,
         `num_classes`, `image_shape` and `num_timesteps`-like attributes.
     """
+    trust_graph = validation.check_bool("trust_graph", trust_graph)
     if is_saved_model(path):
-        model = load_saved_model(path)
+        model = load_saved_model(path, trust_graph=trust_graph)
         description = f"SavedModel {model.path}"
     else:
         model = load_model(path)

@@ -408,7 +408,8 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
         labels, columns = grid_layout(resolved["num_samples"], model.num_classes)
         samples = model.generate(resolved["num_samples"], sampler=resolved["sampler"],
                                  num_steps=resolved["sample_steps"], guidance_scale=guidance_scale,
-                                 seed=resolved["seed"], labels=labels, jit_compile=resolved["jit_compile"])
+                                 seed=resolved["seed"], labels=labels, jit_compile=resolved["jit_compile"],
+                                 on_non_finite="warn")  # model.keras is written: a diverged run says so, ends
         if chief:
             images.save_grid(samples, os.path.join(out, SAMPLES_FILE), columns=columns)
             images.save_grid(images.enlarge(samples), os.path.join(out, SAMPLES_LARGE_FILE), columns=columns,

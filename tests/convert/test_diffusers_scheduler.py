@@ -108,6 +108,12 @@ def test_sampling_defaults():
     (dict(_class_name="PNDMScheduler"), "_class_name='PNDMScheduler'"),
     (dict(karras_sigmas=True), "unknown config key 'karras_sigmas'"),
     (dict(trained_betas=[0.1, 0.2]), "trained_betas"),
+    # issue 23: the values themselves, under the key (not GaussianDiffusion's `betas`)
+    (dict(num_train_timesteps=2, trained_betas=[0.1, float("nan")]),
+     r"trained_betas must be finite numbers in \(0, 1\]. Received 1 outside, e.g. trained_betas\[1\]=nan"),
+    (dict(num_train_timesteps=2, trained_betas=[0.1, 0.0]), r"trained_betas\[1\]=0.0"),
+    (dict(num_train_timesteps=2, trained_betas="0.1,0.2"), "trained_betas must be a list of numbers"),
+    (dict(num_train_timesteps=2, trained_betas=[True, 0.2]), "trained_betas must be a list of numbers"),
 ])
 def test_config_errors_name_the_key(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -1,12 +1,16 @@
 """`UNet2DModel` -> `UNet`: outputs against diffusers' own (the committed fixture), parameter counts, errors."""
 
+import inspect
 import json
+import resource
 
 import numpy as np
 import pytest
 
 from tfdiffusion.convert import load_unet_weights
 from tfdiffusion.convert import unet_from_config
+from tfdiffusion.convert.diffusers_unet import unet_kwargs
+from tfdiffusion.nn.unet_size import unet_parameter_count
 from tfdiffusion.convert.diffusers_files import read_json
 from tfdiffusion.convert.diffusers_files import read_weights
 
@@ -64,7 +68,7 @@ def test_fixture_covers_every_option():
 def test_ddpm_cifar10_32_parameter_count():
     config = read_json(FIXTURES / "ddpm-cifar10-32" / "unet" / "config.json")
     unet = unet_from_config(config)
-    assert unet.count_params() == INFO["ddpm_cifar10_32_parameters"] == 35_746_307
+    assert unet.count_params() == INFO["ddpm_cifar10_32_parameters"] == 35_746_307 == _estimate(config)
     assert unet.attention_resolutions == (16,) and unet.num_head_channels is None
 
 
@@ -117,3 +121,82 @@ def test_weights_errors_name_the_tensor():
     wider = unet_from_config(config_with(block_out_channels=[6, 12, 12], norm_num_groups=2))
     with pytest.raises(ValueError, match=r"'conv_in.weight' has shape \(4, 3, 3, 3\).*\(6, 3, 3, 3\)"):
         load_unet_weights(wider, tensors)
+
+
+# issue 23: config values are checked under the config's own keys, before anything is built.
+@pytest.mark.parametrize("changes, error, message", [
+    (dict(layers_per_block=0), ValueError, r"`UNet config: layers_per_block` must be an integer >= 1"),
+    (dict(layers_per_block=1.5), TypeError, r"`UNet config: layers_per_block` must be an integer"),
+    (dict(sample_size=0), ValueError, r"sample_size=0 is not supported; expected a positive integer"),
+    (dict(sample_size=6), ValueError, r"sample_size=6 .*a multiple of 4.*block_out_channels has 3 entries"),
+    (dict(block_out_channels=[0, 8, 8]), ValueError, r"`UNet config: block_out_channels` must be a non-empty"),
+    (dict(block_out_channels="4,8,8"), ValueError, r"`UNet config: block_out_channels` must be"),
+    (dict(block_out_channels=[]), ValueError, r"`UNet config: block_out_channels` must be a non-empty"),
+    (dict(norm_num_groups=3), ValueError, r"norm_num_groups=3 .*a divisor of every block's channels.*"
+                                          r"block_out_channels\[0\]=4"),
+    (dict(attention_head_dim=3), ValueError, r"attention_head_dim=3 .*a divisor of the channels of every "
+                                             r"attention block \(\[8\]"),
+    (dict(in_channels=0), ValueError, r"`UNet config: in_channels` must be an integer >= 1"),
+    (dict(num_class_embeds=0), ValueError, r"`UNet config: num_class_embeds` must be an integer >= 1"),
+    (dict(dropout=1.0), ValueError, r"`UNet config: dropout` must be a finite number in \[0.0, 1.0\)"),
+    (dict(norm_eps=float("nan")), ValueError, r"`UNet config: norm_eps`"),
+    (dict(mid_block_scale_factor=0), ValueError, r"`UNet config: mid_block_scale_factor`"),
+    (dict(freq_shift=2), ValueError, r"`UNet config: freq_shift` must be an integer in \[0, 1\]"),
+    (dict(flip_sin_to_cos="false"), TypeError, r"`UNet config: flip_sin_to_cos` must be True or False"),
+    (dict(add_attention=1), TypeError, r"`UNet config: add_attention` must be True or False"),
+    (dict(down_block_types="DownBlock2D"), ValueError, r"down_block_types='DownBlock2D' is not supported; "
+                                                       r"expected a list of block names"),
+    (dict(downsample_padding=True), ValueError, r"downsample_padding=True"),
+])
+def test_config_values_are_named_by_their_config_keys(changes, error, message):
+    with pytest.raises(error, match=message):
+        unet_from_config(config_with(**changes))
+
+
+def _estimate(config):
+    kwargs = unet_kwargs(config)
+    return unet_parameter_count(**{key: kwargs[key] for key in inspect.signature(unet_parameter_count).parameters})
+
+
+_VARIANTS = [
+    ("ddpm_layout", dict(out_channels=6, num_class_embeds=7)),  # learned variances, class embedding
+    ("ddpm_layout", dict(add_attention=False, layers_per_block=1)),
+    ("ddpm_layout", dict(down_block_types=["AttnDownBlock2D"] * 3, up_block_types=["AttnUpBlock2D"] * 3,
+                         resnet_time_scale_shift="scale_shift", block_out_channels=[4, 4, 12], sample_size=16)),
+]
+
+
+@pytest.mark.parametrize("name, changes", [(name, {}) for name in UNETS] + _VARIANTS,
+                         ids=UNETS + [f"ddpm_layout-variant-{i}" for i in range(len(_VARIANTS))])
+def test_parameter_estimate_equals_the_built_networks_count(name, changes):
+    config = read_json(unet_dir(name) / "config.json")
+    config.update(changes)
+    assert _estimate(config) == unet_from_config(config).count_params()
+
+
+def test_a_network_too_large_to_build_is_refused_before_building():
+    """block_out_channels=[100000]: 360 GB of weights per copy; refused from the estimate, nothing allocated."""
+    config = config_with(block_out_channels=[100000], down_block_types=["DownBlock2D"], up_block_types=["UpBlock2D"],
+                         norm_num_groups=2)
+    estimate = _estimate(config)
+    assert estimate > 10**11
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=rf"block_out_channels=\[100000\], layers_per_block=2 make a UNet of an "
+                                         rf"estimated {estimate:,} parameters, .* GiB as float32 .*above "
+                                         rf"`max_parameters`=1000000000.*a larger `max_parameters` converts "
+                                         rf"it .*None: no limit"):
+        unet_from_config(config)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 100 * 1024  # KiB: under 100 MB
+    with pytest.raises(ValueError, match=r"num_class_embeds=100000000, block_out_channels"):
+        unet_from_config(config_with(num_class_embeds=10**8))
+
+
+def test_max_parameters_is_the_opt_out():
+    config = config_with()
+    count = _estimate(config)
+    with pytest.raises(ValueError, match=rf"above `max_parameters`={count - 1}\b"):
+        unet_from_config(config, max_parameters=count - 1)
+    assert unet_from_config(config, max_parameters=count).count_params() == count
+    assert unet_from_config(config, max_parameters=None).count_params() == count
+    with pytest.raises(TypeError, match="max_parameters"):
+        unet_from_config(config, max_parameters=1e9)

@@ -108,3 +108,55 @@ def test_hub_id_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
     with pytest.raises(FileNotFoundError, match="install huggingface_hub"):
         from_diffusers("google/ddpm-cifar10-32")
+
+
+def _replace_tensor(folder, key, change):
+    """Rewrites the pipeline's weights with `change(tensors)` applied (a damaged checkpoint)."""
+    from safetensors.numpy import load_file, save_file
+
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path)
+    return tensors[key]
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    """issue 23: one NaN in conv_in.bias converted silently, then sampled black images."""
+    folder = make_pipeline(tmp_path, "ddpm_layout")
+
+    def one_nan(tensors):
+        tensors["conv_in.bias"][3] = np.nan
+
+    size = _replace_tensor(folder, "conv_in.bias", one_nan).size
+    with pytest.raises(ValueError, match=rf"Weight 'conv_in.bias' in .*diffusion_pytorch_model.safetensors' holds "
+                                         rf"1 NaN or infinite value\(s\) of {size}"):
+        from_diffusers(folder)
+
+
+def test_float64_beyond_float32_is_refused(tmp_path):
+    folder = make_pipeline(tmp_path / "wide", "ddpm_layout")
+
+    def huge(tensors):
+        tensors["conv_out.weight"] = tensors["conv_out.weight"].astype(np.float64)
+        tensors["conv_out.weight"].flat[:2] = 1e300
+
+    _replace_tensor(folder, "conv_out.weight", huge)
+    with pytest.raises(ValueError, match=r"Weight 'conv_out.weight' .*\(as float32: float64 values beyond its range\) "
+                                         r"holds 2 NaN or infinite"):
+        from_diffusers(folder)
+
+
+def test_load_unet_weights_refuses_non_finite_tensors():
+    from tfdiffusion.convert import load_unet_weights, unet_from_config
+    from tfdiffusion.convert.diffusers_files import read_json, read_weights
+
+    from .reference import unet_dir
+
+    unet = unet_from_config(read_json(unet_dir("ddpm_layout") / "config.json"))
+    tensors = read_weights(unet_dir("ddpm_layout") / "diffusion_pytorch_model.safetensors")
+    before = unet.conv_in.bias.numpy()
+    tensors["time_embedding.linear_1.weight"] = np.full_like(tensors["time_embedding.linear_1.weight"], np.inf)
+    with pytest.raises(ValueError, match=r"'time_embedding.linear_1.weight' holds \d+ NaN or infinite"):
+        load_unet_weights(unet, tensors)
+    np.testing.assert_array_equal(unet.conv_in.bias.numpy(), before)  # nothing assigned

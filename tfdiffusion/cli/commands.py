@@ -174,7 +174,7 @@ def sample(args):
         raise CLIError(f"--output and --npz name the same file {png!r}")
     options = _sampler_options(args, args.sampler)
     try:  # a .keras file, a run folder or an exported SavedModel; says which
-        model = load_generator(args.model, log=lambda line: print(line, flush=True))
+        model = load_generator(args.model, log=lambda line: print(line, flush=True), trust_graph=args.trust_model)
     except (ValueError, OSError) as error:
         raise CLIError(f"--model {_one_line(error)}") from None
     T = model.num_timesteps if hasattr(model, "num_timesteps") else model.diffusion.num_timesteps
@@ -238,6 +238,7 @@ def evaluate(args):
     given = [_flag(name) for name in _QUALITY_FLAGS if getattr(args, name) is not None]
     given += ["--download-inception"] if args.download_inception else []
     given += ["--features"] if args.features != "auto" else []
+    given += ["--trust-model"] if args.trust_model else []
     if given:
         raise CLIError(f"{given[0]} applies to --metric fid and kid only. Received: --metric {args.metric}")
     model = _load(args.model)
@@ -355,7 +356,8 @@ def _evaluate_quality(args):
     guidance_scale = 1.0 if args.guidance_scale is None else args.guidance_scale
     feature_name, extractor = _feature_extractor(args)
     try:
-        model = load_generator(args.model, log=lambda line: print(line, file=sys.stderr, flush=True))
+        model = load_generator(args.model, log=lambda line: print(line, file=sys.stderr, flush=True),
+                               trust_graph=args.trust_model)
     except (ValueError, OSError) as error:
         raise CLIError(f"--model {_one_line(error)}") from None
     T = model.num_timesteps if hasattr(model, "num_timesteps") else model.diffusion.num_timesteps
@@ -403,7 +405,8 @@ def _evaluate_quality(args):
 # ---------------------------------------------------------------- convert
 def convert(args):
     try:
-        model = convert_diffusers(args.from_diffusers, args.output, overwrite=args.overwrite)
+        limit = {} if args.max_parameters is None else {"max_parameters": args.max_parameters}
+        model = convert_diffusers(args.from_diffusers, args.output, overwrite=args.overwrite, **limit)
     except (FileNotFoundError, FileExistsError) as error:
         raise CLIError(_one_line(error)) from None
     print(f"Wrote {args.output}: {model.network.count_params() / 1e6:.1f}M parameters, "

@@ -116,6 +116,15 @@ def _add_data_dir(parser):
         "reporting how many (default: refuse the folder, naming them)")
 
 
+def _add_trust_flag(parser):
+    parser.add_argument(
+        "--trust-model", action="store_true",
+        help="run a SavedModel --model's graph without checking it. By default its ops are checked first "
+        "against those tfdiffusion's own exports use, and a graph that reads or writes files, runs Python or "
+        "talks to other machines is refused, naming the op; what the allowed ops compute is not checked. A "
+        ".keras --model is always loaded with Keras' safe_mode (default: check)")
+
+
 def _add_sampling_flags(parser, guidance=False):
     """The flags that choose a sampler and its settings (`sample`, `evaluate --metric fid|kid`).
 
@@ -279,6 +288,7 @@ def build_parser():
                         help="replace an existing --output grid or --npz file written by an earlier "
                         "sample run (default: refuse; other files are never replaced)")
     _add_jit_flag(sample, "yes")
+    _add_trust_flag(sample)
     sample.set_defaults(command_name="sample")
 
     # --------------------------------------------------------------- evaluate
@@ -334,6 +344,7 @@ def build_parser():
                          help="KID: images per subset, capped at --num-images (default: 1000)")
     _add_sampling_flags(quality, guidance=True)
     _add_jit_flag(evaluate, "Keras' 'auto' for bpd/loss: XLA except on CPU-only machines; yes for fid/kid")
+    _add_trust_flag(quality)
     evaluate.set_defaults(command_name="evaluate")
 
     # ---------------------------------------------------------------- convert
@@ -351,6 +362,9 @@ def build_parser():
                          help="the .keras file to write (required)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing --output (default: refuse)")
+    convert.add_argument("--max-parameters", type=_positive_int, metavar="N",
+                         help="refuse a UNet of more parameters (estimated from its config before anything is "
+                         "built), or one whose weights would not fit in memory (default: 1000000000)")
     convert.set_defaults(command_name="convert")
 
     # ----------------------------------------------------------------- export

@@ -9,6 +9,7 @@ from tfdiffusion.convert.diffusers_files import read_json
 from tfdiffusion.convert.diffusers_files import read_weights
 from tfdiffusion.convert.diffusers_scheduler import diffusion_from_scheduler_config
 from tfdiffusion.convert.diffusers_scheduler import scheduler_sampling_defaults
+from tfdiffusion.convert.diffusers_unet import DEFAULT_MAX_PARAMETERS
 from tfdiffusion.convert.diffusers_unet import load_unet_weights
 from tfdiffusion.convert.diffusers_unet import unet_from_config
 from tfdiffusion.model import DiffusionModel
@@ -18,7 +19,8 @@ __all__ = ["convert_diffusers", "from_diffusers"]
 
 
 def from_diffusers(path: str, ema_decay: float = 0.9999, label_dropout: float = 0.0,
-                   dropout: Optional[float] = None, loss_type: Optional[str] = None) -> DiffusionModel:
+                   dropout: Optional[float] = None, loss_type: Optional[str] = None,
+                   max_parameters: Optional[int] = DEFAULT_MAX_PARAMETERS) -> DiffusionModel:
     """Reads a diffusers `UNet2DModel` and its DDPM/DDIM scheduler as a `DiffusionModel`.
 
     No PyTorch is needed: the weights are read from
@@ -44,6 +46,10 @@ def from_diffusers(path: str, ema_decay: float = 0.9999, label_dropout: float = 
             config's `dropout` (diffusers' default 0).
         loss_type: `GaussianDiffusion` loss; None: "hybrid" for learned
             variances, else "mse".
+        max_parameters: refuse, before building anything, a config whose
+            UNet would have more parameters (estimated from the config), or
+            whose weights would not fit in the memory available (default
+            1e9; None: no limit).
 
     Returns:
         `DiffusionModel` whose network and EMA network hold the diffusers
@@ -52,15 +58,17 @@ def from_diffusers(path: str, ema_decay: float = 0.9999, label_dropout: float = 
     Raises:
         FileNotFoundError: a config or the weights file is missing.
         ValueError: a block type, key, value or tensor the converter does
-            not understand, or a tensor whose shape does not match the
-            config, named in the message.
+            not understand, a tensor whose shape does not match the config
+            or that holds NaN or infinite values, or a network above
+            `max_parameters`, named in the message (config values under
+            their config keys).
     """
     found = locate(path)
     unet_config = read_json(found.unet_config)
     scheduler_config = read_json(found.scheduler_config)
     diffusion = diffusion_from_scheduler_config(scheduler_config, loss_type=loss_type)
     overrides = {} if dropout is None else {"dropout": dropout}
-    unet = unet_from_config(unet_config, **overrides)
+    unet = unet_from_config(unet_config, max_parameters=max_parameters, **overrides)
     load_unet_weights(unet, read_weights(found.weights))
     if diffusion.learn_sigma != unet.learn_sigma:
         raise ValueError(

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 
-__all__ = ["DiffusersFiles", "check_config_keys", "locate", "read_json", "read_weights"]
+__all__ = ["DiffusersFiles", "check_config_keys", "check_finite_tensor", "locate", "read_json", "read_weights"]
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -92,8 +92,33 @@ def read_json(path: str) -> Dict[str, Any]:
     return config
 
 
+def check_finite_tensor(key: str, value: np.ndarray, where: str = "") -> None:
+    """Refuses a tensor holding NaN or infinite values, naming its key and how many.
+
+    Args:
+        key: the tensor's key in the weights file, e.g. "conv_in.bias".
+        value: its float values.
+        where: e.g. " in 'PATH'", appended to the key in the message.
+
+    Raises:
+        ValueError: "Weight 'conv_in.bias' holds 1 NaN or infinite value(s) of 128 ...".
+    """
+    finite = np.isfinite(value)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise ValueError(f"Weight {key!r}{where} holds {bad} NaN or infinite value(s) of {finite.size}: the "
+                         "checkpoint is damaged (or was saved from a diverged run); a model converted from it "
+                         "would sample black images.")
+
+
 def read_weights(path: str) -> Dict[str, np.ndarray]:
-    """Reads a safetensors file as float32 numpy arrays (no torch needed)."""
+    """Reads a safetensors file as float32 numpy arrays (no torch needed).
+
+    Raises:
+        ValueError: the file is not safetensors, or a tensor is not floating
+            point or holds NaN or infinite values (also after the conversion
+            to float32: a float64 value beyond 3.4e38), naming its key.
+    """
     from safetensors.numpy import load_file
     try:
         tensors = load_file(path)
@@ -104,7 +129,10 @@ def read_weights(path: str) -> Dict[str, np.ndarray]:
         if not np.issubdtype(value.dtype, np.floating):
             raise ValueError(f"Weight {key!r} in {path!r} must be floating point. "
                              f"Received dtype {value.dtype}")
-        out[key] = value.astype(np.float32)
+        check_finite_tensor(key, value, f" in {path!r}")
+        with np.errstate(over="ignore"):
+            out[key] = value.astype(np.float32)
+        check_finite_tensor(key, out[key], f" in {path!r} (as float32: {value.dtype} values beyond its range)")
     return out
 
 

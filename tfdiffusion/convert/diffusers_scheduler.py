@@ -79,10 +79,18 @@ def scheduler_betas(config: Dict[str, Any]) -> np.ndarray:
     num = check_int(f"{where}: num_train_timesteps", config.get("num_train_timesteps", 1000))
     trained = config.get("trained_betas")
     if trained is not None:
+        if isinstance(trained, (str, bool)) or not isinstance(trained, (list, tuple)) or not all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in trained):
+            raise ValueError(f"{where}: trained_betas must be a list of numbers. Received: "
+                             f"trained_betas={str(trained)[:200]}")
         betas = np.asarray(trained, dtype=np.float64)
         if betas.shape != (num,):
             raise ValueError(f"{where}: trained_betas must have num_train_timesteps={num} "
                              f"entries. Received shape {betas.shape}")
+        outside = np.flatnonzero(~(np.isfinite(betas) & (betas > 0) & (betas <= 1)))
+        if outside.size:
+            raise ValueError(f"{where}: trained_betas must be finite numbers in (0, 1]. Received {outside.size} "
+                             f"outside, e.g. trained_betas[{outside[0]}]={float(betas[outside[0]])!r}")
     else:
         schedule = check_choice(f"{where}: beta_schedule", config.get("beta_schedule", "linear"),
                                 BETA_SCHEDULES)
