@@ -670,6 +670,13 @@ def _cli_cases():
         Case("cli-export-version-beyond-int64", lambda e: cli_run("export", "--model", e.model_path, "--output",
                                                                   e.path("served"), "--version", 2**63), CLI,
              ["--version"]),
+        # empty paths and names (an unset shell variable): the current directory, the default split
+        Case("cli-export-output-empty", lambda e: cli_run("export", "--model", e.model_path, "--output", "",
+                                                          "--samplers", "ddim"), CLI, ["--output", "expected a path"]),
+        Case("cli-evaluate-dataset-empty", lambda e: cli_run("evaluate", "--model", e.uncond_path, "--dataset", ""),
+             CLI, ["--dataset", "expected a path"]),
+        Case("cli-evaluate-split-empty", evaluate("--split", "", "--num-batches", 1, model="uncond_path"), CLI,
+             ["--split", "expected a path or a name"]),
         # late refusals: the sample grid of a run, a run of days
         Case("cli-train-num-samples-too-many", lambda e: cli_run("train", "--output-dir", e.path("r-grid"),
                                                                  *TINY_TRAIN, "--num-samples", 10**9), CLI,

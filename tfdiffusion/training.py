@@ -399,10 +399,16 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
         The summary written to train_summary.json.
 
     Raises:
-        RunError: the folder, the settings or the resume request is wrong.
+        RunError: the folder, the settings or the resume request is wrong (a
+            run folder inside the data it reads, or holding it, under any
+            spelling; a sample grid that cannot be drawn).
         ValueError: a setting or the data set is invalid (raised before training).
+        TypeError: `output_dir`, `dataset` or `data_dir` is not a non-empty path,
+            or a setting has the wrong type.
     """
     begin = time.time()
+    if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
+        raise TypeError(f"`output_dir` must be a non-empty folder path. Received: output_dir={output_dir!r}")
     out = os.fspath(output_dir)
     settings = settings or TrainSettings()
     checkpoint, run_file = os.path.join(out, CHECKPOINT_FILE), os.path.join(out, RUN_FILE)

@@ -91,6 +91,17 @@ def _finite_float(text):
 _finite_float.__name__ = "number"
 
 
+def _text(text):
+    """A path or a name: any string but the empty one (which a shell gives for an unset variable, and which
+    would mean the current directory or the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path or a name. Received: {text!r}")
+    return text
+
+
+_text.__name__ = "path or name"
+
+
 def _label_list(text):
     try:
         labels = tuple(int(part) for part in text.split(","))
@@ -120,7 +131,7 @@ def _add_jit_flag(parser, default_text):
         help=f"compile with XLA, or not (default: {default_text})")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument(
-        "--compilation-cache", metavar="DIR",
+        "--compilation-cache", metavar="DIR", type=_text,
         help="keep XLA's compiled programs in DIR, so that a later run of the same configuration "
         "starts without compiling (default: $TFDIFFUSION_CACHE_DIR, else ~/.cache/tfdiffusion/xla)")
     cache.add_argument("--no-compilation-cache", action="store_true",
@@ -129,7 +140,7 @@ def _add_jit_flag(parser, default_text):
 
 def _add_data_dir(parser):
     parser.add_argument(
-        "--data-dir", metavar="DIR",
+        "--data-dir", metavar="DIR", type=_text,
         help="where TFDS data sets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument(
         "--skip-unreadable", action="store_true", default=None,
@@ -202,10 +213,10 @@ def build_parser():
     train.add_argument("--preset", choices=sorted(presets.PRESETS),
                        help="named configuration (default: shapes): " + "; ".join(
                            f"{name}: {p.description.rstrip('.')}" for name, p in presets.PRESETS.items()))
-    train.add_argument("--dataset", help=f"{dataset_help} (default: the preset's: "
+    train.add_argument("--dataset", type=_text, help=f"{dataset_help} (default: the preset's: "
                        f"{_preset_defaults('dataset')})")
     _add_data_dir(train)
-    train.add_argument("--output-dir", required=True, metavar="DIR",
+    train.add_argument("--output-dir", required=True, metavar="DIR", type=_text,
                        help="directory for the run's files; created if missing (required)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int,
@@ -274,7 +285,7 @@ def build_parser():
             "int32 [N] for a class-conditional model), each atomically. Without --output and "
             "--npz, writes samples.png. Each batch's noise is drawn from --seed and the batch's "
             "offset, so the same flags give the same images."))
-    sample.add_argument("--model", required=True, metavar="PATH",
+    sample.add_argument("--model", required=True, metavar="PATH", type=_text,
                         help="a .keras model file, a training --output-dir holding model.keras, or a "
                         "SavedModel written by `tfdiffusion export` (BASE/NAME for its latest version, or "
                         "BASE/NAME/VERSION) (required)")
@@ -292,10 +303,10 @@ def build_parser():
                         help="one class for every image (default: see --labels)")
     sample.add_argument("--guidance-scale", type=_finite_float, default=1.0, metavar="W",
                         help="classifier-free guidance scale; 1 is none (default: 1.0)")
-    sample.add_argument("--output", metavar="PNG",
+    sample.add_argument("--output", metavar="PNG", type=_text,
                         help="write a grid image here, .png (or .jpg); never over a file that is not "
                         "an earlier grid (default: samples.png unless --npz is given)")
-    sample.add_argument("--npz", metavar="FILE",
+    sample.add_argument("--npz", metavar="FILE", type=_text,
                         help="write the images (and labels) to this .npz file; never over a file that is "
                         "not an earlier sample set (default: none)")
     sample.add_argument("--batch-size", type=_positive_int,
@@ -321,12 +332,12 @@ def build_parser():
             "(--features). Images are resized to the model's "
             "resolution; their channel count (and classes, for a class-conditional model) must "
             "match the model's. Progress goes to stderr, the JSON to stdout."))
-    evaluate.add_argument("--model", required=True, metavar="PATH",
+    evaluate.add_argument("--model", required=True, metavar="PATH", type=_text,
                           help="a .keras model file (or a training --output-dir holding model.keras); for "
                           "fid/kid also an exported SavedModel (required)")
-    evaluate.add_argument("--dataset", required=True, help=f"{dataset_help} (required)")
+    evaluate.add_argument("--dataset", required=True, type=_text, help=f"{dataset_help} (required)")
     _add_data_dir(evaluate)
-    evaluate.add_argument("--split", help="held-out split: shapes 'test' or 'train', a TFDS split "
+    evaluate.add_argument("--split", type=_text, help="held-out split: shapes 'test' or 'train', a TFDS split "
                           "such as test or train[:10%%]; not for an image folder (default: test)")
     evaluate.add_argument("--metric", choices=EVALUATE_METRICS, default="bpd",
                           help="bpd: the bound in bits/dim plus the losses; loss: the losses only, "
@@ -350,7 +361,7 @@ def build_parser():
                          help="feature space: shapes (the shipped shapes network, offline), inception "
                          "(InceptionV3 pool features, 2048-d, 299x299), auto: shapes for --dataset shapes, "
                          "else inception (default: auto)")
-    quality.add_argument("--inception-weights", metavar="FILE",
+    quality.add_argument("--inception-weights", metavar="FILE", type=_text,
                          help="a local copy of Keras' InceptionV3 notop weights (default: the Keras cache, "
                          "~/.keras/models or $KERAS_HOME/models)")
     quality.add_argument("--download-inception", action="store_true",
@@ -370,10 +381,10 @@ def build_parser():
             "scheduler/, or those files at the top level) into a tfdiffusion DiffusionModel and write it "
             "as a .keras file, atomically. No PyTorch needed. Anything the converter does not "
             "understand is an error naming the key."))
-    convert.add_argument("--from-diffusers", metavar="PATH", required=True,
+    convert.add_argument("--from-diffusers", metavar="PATH", required=True, type=_text,
                          help="diffusers model folder, or a hub id such as google/ddpm-cifar10-32 when "
                          "huggingface_hub is installed and online (required)")
-    convert.add_argument("--output", metavar="FILE.keras", required=True,
+    convert.add_argument("--output", metavar="FILE.keras", required=True, type=_text,
                          help="the .keras file to write (required)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing --output (default: refuse)")
@@ -389,9 +400,9 @@ def build_parser():
             "--default-sampler, and denoise. Requests above --max-images images, with num_steps outside "
             "[1, T] or labels out of range are refused in the graph before any work. An existing version is "
             "never replaced without --overwrite."))
-    export.add_argument("--model", required=True, metavar="PATH",
+    export.add_argument("--model", required=True, metavar="PATH", type=_text,
                         help="a .keras model file (or a training --output-dir holding model.keras) (required)")
-    export.add_argument("--output", required=True, metavar="BASE/NAME",
+    export.add_argument("--output", required=True, metavar="BASE/NAME", type=_text,
                         help="the model directory a server watches (TF Serving's --model_base_path); the "
                         "SavedModel goes to BASE/NAME/VERSION (required)")
     export.add_argument("--version", type=_int_in(0),
