@@ -620,7 +620,8 @@ def _cli_cases():
              ["--output-dir", "--dataset", "does not hold it"]),
         Case("cli-train-output-in-a-folder-the-data-links-to", lambda e: cli_run(
             "train", "--dataset", _data_linking_into_watch(e)[0], "--output-dir",
-            os.path.join(_data_linking_into_watch(e)[1], "run"), *TINY_TRAIN), CLI, ["--output-dir", "--dataset", "link"]),
+            os.path.join(_data_linking_into_watch(e)[1], "run"), *TINY_TRAIN), CLI,
+             ["--output-dir", "--dataset", "link"]),
         Case("cli-sample-output-into-saved-model", lambda e: cli_run(
             "sample", "--model", _saved_model_standin(e), "--output",
             os.path.join(_saved_model_standin(e), "grid.png")), CLI, ["--output", "--model"]),
@@ -653,7 +654,8 @@ def _cli_cases():
              CLI, ["--compilation-cache", UNWRITABLE]),
         # values beyond int64 (and beyond what the value feeds: numpy's seeds, int32 labels)
         Case("cli-sample-seed-beyond-int64", sample("--seed", 2**70), CLI, ["--seed", "2**63 - 1"]),
-        Case("cli-evaluate-seed-beyond-int64", evaluate("--seed", 2**63, model="uncond_path"), CLI, ["--seed", "2**63 - 1"]),
+        Case("cli-evaluate-seed-beyond-int64", evaluate("--seed", 2**63, model="uncond_path"), CLI,
+             ["--seed", "2**63 - 1"]),
         Case("cli-train-seed-beyond-numpy", lambda e: cli_run("train", "--output-dir", e.path("r-seed"), "--seed",
                                                               2**32, *TINY_TRAIN), CLI, ["--seed", "2**32 - 1"]),
         Case("cli-train-seed-negative", lambda e: cli_run("train", "--output-dir", e.path("r-seed"), "--seed", -1,
@@ -666,7 +668,8 @@ def _cli_cases():
         Case("cli-train-timesteps-beyond-int64", lambda e: cli_run("train", "--output-dir", e.path("r-T"),
                                                                    *TINY_TRAIN, "--num-timesteps", 2**70), CLI,
              ["--num-timesteps"]),
-        Case("cli-evaluate-batch-beyond-int64", evaluate("--batch-size", 2**70, model="uncond_path"), CLI, ["--batch-size"]),
+        Case("cli-evaluate-batch-beyond-int64", evaluate("--batch-size", 2**70, model="uncond_path"), CLI,
+             ["--batch-size"]),
         Case("cli-export-version-beyond-int64", lambda e: cli_run("export", "--model", e.model_path, "--output",
                                                                   e.path("served"), "--version", 2**63), CLI,
              ["--version"]),

@@ -453,9 +453,9 @@ def _int_flags():
             if a.option_strings and a.type is not None and a.type.__name__.startswith(("integer", "seed", "label"))]
 
 
-REQUIRED = {"train": ["--output-dir", "r"], "sample": ["--model", "m.keras"], "export": ["--model", "m", "--output", "o"],
-            "evaluate": ["--model", "m.keras", "--dataset", "shapes"], "convert": ["--from-diffusers", "x", "--output",
-                                                                                    "x.keras"]}
+REQUIRED = {"train": ["--output-dir", "r"], "sample": ["--model", "m.keras"],
+            "export": ["--model", "m", "--output", "o"], "evaluate": ["--model", "m.keras", "--dataset", "shapes"],
+            "convert": ["--from-diffusers", "x", "--output", "x.keras"]}
 
 
 @pytest.mark.parametrize("command, flag", _int_flags())
