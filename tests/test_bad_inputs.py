@@ -236,6 +236,60 @@ def _diffusers_pipeline(env, name, unet=None, scheduler=None):
             values.update(changes or {})
             config.write_text(json.dumps(values))
     return str(next(folder.iterdir()))
+# issue 23: paths and CLI -- what the rows below read: links and folders made once under the (unwatched) root
+TINY_TRAIN = ("--steps", 1, "--batch-size", 2, "--image-size", 8, "--num-timesteps", 10, "--sample-steps", 1,
+              "--num-samples", 1, "--sample-every", 0, "--no-jit-compile")
+UNWRITABLE = "/proc"  # a folder even root cannot add a file to (permission bits do not stop root)
+
+
+def _tiny_settings(**kwargs):
+    return training.TrainSettings(**{**dict(steps=1, batch_size=2, image_size=8, num_timesteps=10, sample_steps=1,
+                                            num_samples=1, sample_every=0, jit_compile=False), **kwargs})
+
+
+def _made(env, name, make):
+    """`env.root/name`, made by `make(path)` the first time a row asks (rows run in any order)."""
+    path = os.path.join(env.root, name)
+    if not os.path.lexists(path):
+        make(path)
+    return path
+
+
+def _link(env, name, target):
+    """A symbolic link `env.root/name` to `target`."""
+    return _made(env, name, lambda path: os.symlink(target, path))
+
+
+def _data_linking_into_watch(env):
+    """An image folder outside the watched one holding a link to a folder inside it (`linked-target`)."""
+    target = env.path("linked-target")
+
+    def make(path):
+        os.makedirs(os.path.join(path, "a"))
+        os.makedirs(target, exist_ok=True)  # an empty folder: no file of the watched folder changes
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 9, 9)).save(os.path.join(path, "a", f"{i}.png"))
+        os.symlink(target, os.path.join(path, "more"))
+    return _made(env, "linking-data", make), target
+
+
+def _saved_model_standin(env):
+    """A SavedModel version folder as `sample --model` recognises one; the rows are refused before it loads."""
+    def make(path):
+        os.makedirs(os.path.join(path, "1", "assets.extra"))
+        open(os.path.join(path, "1", "saved_model.pb"), "wb").close()
+    return os.path.join(_made(env, "served-standin", make), "1")
+
+
+def _without_xla_cache_flag(call):
+    """Runs `call()` with no cache folder in TF_XLA_FLAGS (an earlier row of this process set one)."""
+    before = os.environ.pop("TF_XLA_FLAGS", None)
+    try:
+        return call()
+    finally:
+        os.environ.pop("TF_XLA_FLAGS", None)
+        if before is not None:
+            os.environ["TF_XLA_FLAGS"] = before
 
 
 def _api_cases():
@@ -585,6 +639,26 @@ def _api_cases():
         Case("from-diffusers-trained-betas-nan", lambda e: tfdiff.from_diffusers(_diffusers_pipeline(
             e, "betas-nan", scheduler=dict(num_train_timesteps=2, trained_betas=[0.1, float("nan")]))), ValueError,
              ["trained_betas"]),
+        # issue 23: paths and CLI
+        Case("train-output-in-data-through-link", lambda e: training.train(
+            os.path.join(e.images_dir, "runx"), _tiny_settings(dataset=_link(e, "images-link", e.images_dir))),
+            ValueError, ["output_dir", "dataset", "images-link"]),
+        Case("train-output-holds-data", lambda e: training.train(e.watch, _tiny_settings(dataset=e.images_dir)),
+             ValueError, ["output_dir", "dataset", "does not hold it"]),
+        Case("train-output-in-a-folder-the-data-links-to", lambda e: training.train(
+            os.path.join(_data_linking_into_watch(e)[1], "run"),
+            _tiny_settings(dataset=_data_linking_into_watch(e)[0])), ValueError, ["output_dir", "dataset", "link"]),
+        Case("train-seed-beyond-numpy", lambda e: training.train(e.path("x"), _tiny_settings(seed=2**32)),
+             ValueError, ["seed", "4294967295"]),
+        Case("train-seed-negative", lambda e: training.train(e.path("x"), _tiny_settings(seed=-1)),
+             ValueError, ["seed"]),
+        Case("train-dataset-int", lambda e: training.train(e.path("x"), _tiny_settings(dataset=3)), TypeError,
+             ["dataset"]),
+        Case("train-num-samples-too-many", lambda e: training.train(e.path("x"), _tiny_settings(num_samples=10**9)),
+             ValueError, ["num_samples"]),
+        Case("train-resume-tfds-name-shadowed-by-folder", lambda e: training.train(
+            _made(e, "tfds-run", lambda path: _tfds_run(e, path)), resume=True), ValueError,
+            ["resume", "TFDS", "watched/images"]),
     ]
 
 
@@ -767,7 +841,106 @@ def _cli_cases():
         Case("cli-convert-layers-per-block-0", lambda e: cli_run(
             "convert", "--from-diffusers", _diffusers_pipeline(e, "layers0", unet=dict(layers_per_block=0)),
             "--output", e.path("layers0.keras")), CLI, ["layers_per_block"]),
+        # issue 23: paths and CLI
+        # outputs inside inputs, under any spelling
+        Case("cli-train-output-in-data-through-link", lambda e: cli_run(
+            "train", "--dataset", _link(e, "images-link", e.images_dir), "--output-dir",
+            os.path.join(e.images_dir, "runx"), *TINY_TRAIN), CLI, ["--output-dir", "--dataset", "images-link"]),
+        Case("cli-train-output-a-link-into-data", lambda e: cli_run(
+            "train", "--dataset", e.images_dir, "--output-dir",
+            os.path.join(_link(e, "class-a-link", os.path.join(e.images_dir, "a")), "r"), *TINY_TRAIN), CLI,
+             ["--output-dir", "--dataset", "class-a-link"]),
+        Case("cli-train-output-dotdot-after-a-link", lambda e: cli_run(
+            # textually root/r, really images/r: `..` applies after the link
+            "train", "--dataset", e.images_dir, "--output-dir",
+            os.path.join(_link(e, "class-a-link", os.path.join(e.images_dir, "a")), "..", "r"), *TINY_TRAIN), CLI,
+             ["--output-dir", "--dataset"]),
+        Case("cli-train-output-holds-data", lambda e: cli_run(
+            "train", "--dataset", os.path.relpath(e.images_dir), "--output-dir", e.watch, *TINY_TRAIN), CLI,
+             ["--output-dir", "--dataset", "does not hold it"]),
+        Case("cli-train-output-in-a-folder-the-data-links-to", lambda e: cli_run(
+            "train", "--dataset", _data_linking_into_watch(e)[0], "--output-dir",
+            os.path.join(_data_linking_into_watch(e)[1], "run"), *TINY_TRAIN), CLI,
+             ["--output-dir", "--dataset", "link"]),
+        Case("cli-sample-output-into-saved-model", lambda e: cli_run(
+            "sample", "--model", _saved_model_standin(e), "--output",
+            os.path.join(_saved_model_standin(e), "grid.png")), CLI, ["--output", "--model"]),
+        Case("cli-sample-npz-into-saved-model", lambda e: cli_run(
+            "sample", "--model", _saved_model_standin(e), "--npz",
+            os.path.join(_saved_model_standin(e), "variables", "..", "x.npz")), CLI, ["--npz", "--model"]),
+        Case("cli-evaluate-cache-in-data-through-link", lambda e: _without_xla_cache_flag(lambda: cli_run(
+            "evaluate", "--model", e.model_path, "--dataset", e.images_dir, "--compilation-cache",
+            os.path.join(_link(e, "images-link", e.images_dir), "xla"))), CLI, ["--compilation-cache", "--dataset"]),
+        Case("cli-train-cache-in-data", lambda e: _without_xla_cache_flag(lambda: cli_run(
+            "train", "--dataset", e.images_dir, "--output-dir", e.path("r-cache"), "--compilation-cache",
+            os.path.join(e.images_dir, "xla"), *TINY_TRAIN)), CLI, ["--compilation-cache", "--dataset"]),
+        Case("cli-cache-a-file-names-the-flag", lambda e: _without_xla_cache_flag(lambda: cli_run(
+            "sample", "--model", e.model_path, "--output", e.path("g.png"), "--compilation-cache", e.text)), CLI,
+             ["--compilation-cache", "is a file"]),
+        # outputs that cannot be written: refused before the work, naming the flag
+        Case("cli-sample-output-unwritable", sample("--num-images", 1, "--output",
+                                                    os.path.join(UNWRITABLE, "tfdiffusion-grid.png")), CLI,
+             ["--output", UNWRITABLE]),
+        Case("cli-sample-npz-unwritable", sample("--num-images", 1, "--npz", os.path.join(UNWRITABLE, "x.npz")), CLI,
+             ["--npz", UNWRITABLE]),
+        Case("cli-export-output-unwritable", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                               os.path.join(UNWRITABLE, "served"), "--samplers",
+                                                               "ddim"), CLI, ["--output", UNWRITABLE]),
+        Case("cli-convert-output-unwritable", lambda e: cli_run("convert", "--from-diffusers", e.path("none"),
+                                                                "--output", os.path.join(UNWRITABLE, "c.keras")),
+             CLI, ["--output", UNWRITABLE]),
+        Case("cli-cache-unwritable", lambda e: _without_xla_cache_flag(lambda: cli_run(
+            "sample", "--model", e.model_path, "--output", e.path("g.png"), "--compilation-cache", UNWRITABLE)),
+             CLI, ["--compilation-cache", UNWRITABLE]),
+        # values beyond int64 (and beyond what the value feeds: numpy's seeds, int32 labels)
+        Case("cli-sample-seed-beyond-int64", sample("--seed", 2**70), CLI, ["--seed", "2**63 - 1"]),
+        Case("cli-evaluate-seed-beyond-int64", evaluate("--seed", 2**63, model="uncond_path"), CLI,
+             ["--seed", "2**63 - 1"]),
+        Case("cli-train-seed-beyond-numpy", lambda e: cli_run("train", "--output-dir", e.path("r-seed"), "--seed",
+                                                              2**32, *TINY_TRAIN), CLI, ["--seed", "2**32 - 1"]),
+        Case("cli-train-seed-negative", lambda e: cli_run("train", "--output-dir", e.path("r-seed"), "--seed", -1,
+                                                          *TINY_TRAIN), CLI, ["--seed"]),
+        Case("cli-sample-label-beyond-int32", sample("--num-images", 1, "--label", 2**40), CLI, ["--label"]),
+        Case("cli-sample-labels-beyond-int32", sample("--labels", f"0,{2**40}"), CLI, ["--labels"]),
+        Case("cli-train-image-size-beyond-int64", lambda e: cli_run("train", "--output-dir", e.path("r-size"),
+                                                                    *TINY_TRAIN, "--image-size", 2**70), CLI,
+             ["--image-size"]),
+        Case("cli-train-timesteps-beyond-int64", lambda e: cli_run("train", "--output-dir", e.path("r-T"),
+                                                                   *TINY_TRAIN, "--num-timesteps", 2**70), CLI,
+             ["--num-timesteps"]),
+        Case("cli-evaluate-batch-beyond-int64", evaluate("--batch-size", 2**70, model="uncond_path"), CLI,
+             ["--batch-size"]),
+        Case("cli-export-version-beyond-int64", lambda e: cli_run("export", "--model", e.model_path, "--output",
+                                                                  e.path("served"), "--version", 2**63), CLI,
+             ["--version"]),
+        # empty paths and names (an unset shell variable): the current directory, the default split
+        Case("cli-export-output-empty", lambda e: cli_run("export", "--model", e.model_path, "--output", "",
+                                                          "--samplers", "ddim"), CLI, ["--output", "expected a path"]),
+        Case("cli-evaluate-dataset-empty", lambda e: cli_run("evaluate", "--model", e.uncond_path, "--dataset", ""),
+             CLI, ["--dataset", "expected a path"]),
+        Case("cli-evaluate-split-empty", evaluate("--split", "", "--num-batches", 1, model="uncond_path"), CLI,
+             ["--split", "expected a path or a name"]),
+        # late refusals: the sample grid of a run, a run of days
+        Case("cli-train-num-samples-too-many", lambda e: cli_run("train", "--output-dir", e.path("r-grid"),
+                                                                 *TINY_TRAIN, "--num-samples", 10**9), CLI,
+             ["--num-samples"]),
+        # (on the code before the fix this row samples for about an hour instead of failing)
+        Case("cli-sample-long-run", sample("--num-images", 2 * 10**6, "--steps", T), CLI,
+             ["--num-images", "--allow-long-run"]),
     ]
+
+
+def _tfds_run(env, path):
+    """A killed run (checkpoint, no summary) recorded as trained on the TFDS data set "watched/images",
+    a name that is a folder in the current directory (the rows run in `env.root`)."""
+    os.makedirs(os.path.join(path, "checkpoints"))
+    _copy(env.model_path, os.path.join(path, "checkpoints", "ckpt.keras"))
+    settings = dict(preset="shapes", dataset=os.path.relpath(env.images_dir), dataset_kind="tfds", data_dir=None,
+                    image_size=8, batch_size=2, learning_rate=0.002, num_timesteps=T, steps=2, seed=0,
+                    sampler="ddpm", sample_steps=1, num_samples=1, guidance_scale=3.0, steps_per_epoch=2,
+                    sample_every=0)
+    with open(os.path.join(path, "checkpoints", "run.json"), "w") as file:
+        json.dump(settings, file)
 
 
 def _copy(path, target):

@@ -357,6 +357,115 @@ def test_labels_for_an_unconditional_model(unconditional_model, dirs, capsys):
     assert not os.path.exists(npz)
 
 
+# --------------------------------------------- resume: the same folder under any spelling (issue 23)
+# A tiny run on an image folder, in this process (`cli.main`): 8x8, T = 10, 1 step, 1 sample of 1 step.
+FOLDER_RUN_FLAGS = ["--batch-size", "2", "--image-size", "8", "--num-timesteps", "10", "--sample-steps", "1",
+                    "--num-samples", "1", "--sample-every", "0", "--no-jit-compile", "--no-compilation-cache"]
+
+
+def _run_in_process(capsys, *argv):
+    """`cli.main(argv)`; returns (exit code, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A finished 1-step run on the image folder `data`, started in `root` with `--dataset data`."""
+    root = tmp_path_factory.mktemp("folder_run")
+    for label in ("a", "b"):
+        os.makedirs(root / "data" / label)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 20, 200 if label == "a" else 9)).save(root / "data" / label / f"{i}.png")
+    os.symlink(root / "data", root / "data-link")
+    os.makedirs(root / "elsewhere")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        code = cli.main(["train", "--dataset", "data", "--output-dir", "run", "--steps", "1", *FOLDER_RUN_FLAGS])
+    finally:
+        os.chdir(cwd)
+    assert code == 0
+    return root
+
+
+def _resumable_copy(folder_run, name, old_format=False):
+    """A copy of the run; `old_format`: its run.json as the code before issue 23 wrote it (the dataset as
+    given, relative to the directory the run started in, and no `dataset_kind`)."""
+    run = folder_run / name
+    shutil.copytree(folder_run / "run", run)
+    if old_format:
+        settings_file = run / "checkpoints" / "run.json"
+        settings = json.loads(settings_file.read_text())
+        settings["dataset"] = "data"
+        del settings["dataset_kind"]
+        settings_file.write_text(json.dumps(settings))
+    return run
+
+
+def test_a_run_records_its_image_folder_as_a_real_path(folder_run):
+    settings = json.loads((folder_run / "run" / "checkpoints" / "run.json").read_text())
+    assert settings["dataset"] == os.path.realpath(folder_run / "data") and settings["dataset_kind"] == "folder"
+    summary = json.loads((folder_run / "run" / "train_summary.json").read_text())
+    assert summary["dataset"] == settings["dataset"] and summary["steps"] == 1
+
+
+@pytest.mark.parametrize("cwd, dataset, old_format, steps", [
+    # Most resume to the step the run has (no training: the refusals came before it); one trains on.
+    (".", "{root}/data", False, 1),      # the same folder spelled absolute: was refused as "different settings"
+    (".", "data-link", False, 1),        # through a link: was refused as "different settings"
+    ("elsewhere", "../data", False, 1),  # from another directory, relative to it: was "different settings"
+    ("elsewhere", None, False, 2),       # from another directory, the run's own: the folder was not found
+    (".", None, True, 1),                # a run.json of the code before: relative, read from the same directory
+])
+def test_resume_finds_the_same_folder_under_any_spelling(folder_run, monkeypatch, capsys, cwd, dataset, old_format,
+                                                         steps):
+    name = f"resumed-{cwd}-{dataset}-{old_format}".replace("/", "_").replace("{root}", "abs")
+    run = _resumable_copy(folder_run, name, old_format)
+    monkeypatch.chdir(folder_run / cwd)
+    flags = [] if dataset is None else ["--dataset", dataset.format(root=folder_run)]
+    code, out, err = _run_in_process(capsys, "train", "--output-dir", run, "--resume", "--steps", steps, *flags,
+                                     *FOLDER_RUN_FLAGS)
+    assert code == 0, err[-2000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == 1 and summary["steps"] == steps
+    settings = json.loads((run / "checkpoints" / "run.json").read_text())  # rewritten in this version's form
+    assert settings["dataset"] == os.path.realpath(folder_run / "data") and settings["dataset_kind"] == "folder"
+    if old_format:
+        assert "written by an earlier version" in out and "relative to the current one" in out
+
+
+def test_an_old_run_resumed_from_another_directory_says_what_it_looked_for(folder_run, monkeypatch, capsys):
+    run = _resumable_copy(folder_run, "resumed-old-elsewhere", old_format=True)
+    monkeypatch.chdir(folder_run / "elsewhere")
+    code, _, err = _run_in_process(capsys, "train", "--output-dir", run, "--resume", "--steps", "2",
+                                   *FOLDER_RUN_FLAGS)
+    assert code == 2 and "Traceback" not in err
+    assert "'data'" in err and "not 'shapes' or an existing directory" in err, err
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 1  # untouched
+
+
+def _int_flags():
+    """(command, flag) of every flag the parser reads as an integer."""
+    action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [(name, a.option_strings[0]) for name, sub in sorted(action.choices.items()) for a in sub._actions
+            if a.option_strings and a.type is not None and a.type.__name__.startswith(("integer", "seed", "label"))]
+
+
+REQUIRED = {"train": ["--output-dir", "r"], "sample": ["--model", "m.keras"],
+            "export": ["--model", "m", "--output", "o"], "evaluate": ["--model", "m.keras", "--dataset", "shapes"],
+            "convert": ["--from-diffusers", "x", "--output", "x.keras"]}
+
+
+@pytest.mark.parametrize("command, flag", _int_flags())
+def test_every_integer_flag_refuses_values_beyond_int64(command, flag):
+    # Bug: --steps 2**70 trained without end, --version 2**63 exported, --seed 2**70 failed in TensorFlow.
+    assert len(_int_flags()) >= 20
+    with pytest.raises(cli.CLIError, match=f"argument {flag}: must be an integer"):
+        cli.build_parser().parse_args([command, *REQUIRED[command], flag, str(2**63)])
+
+
 # ------------------------------------------------------------------ convert
 def test_convert_from_diffusers_writes_a_loadable_model(tmp_path):
     from tests.convert.reference import make_pipeline
@@ -412,7 +521,7 @@ EXPECTED_FLAGS = {
               "--gradient-checkpointing", "--no-gradient-checkpointing"],
     "sample": ["--model", "--num-images", "--sampler", "--steps", "--spacing", "--eta", "--churn", "--threshold",
                "--seed", "--labels",
-               "--label", "--guidance-scale", "--output", "--npz", "--batch-size"],
+               "--label", "--guidance-scale", "--output", "--npz", "--batch-size", "--allow-long-run"],
     "evaluate": ["--model", "--dataset", "--split", "--metric", "--bpd-steps", "--batch-size",
                  "--num-batches", "--seed"],
     "convert": ["--from-diffusers", "--output", "--overwrite"],

@@ -21,6 +21,8 @@ import os
 import re
 from typing import Optional
 
+from tfdiffusion import paths
+
 __all__ = ["cache_directory_in_use", "default_cache_directory", "enable_compilation_cache",
            "lowered_steps_directory"]
 
@@ -103,8 +105,7 @@ def enable_compilation_cache(directory: Optional[str] = None, lowered_steps: boo
     except OSError as error:
         raise ValueError(f"cannot create the compilation cache folder {path!r}: "
                          f"{error.strerror or error}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"the compilation cache folder {path!r} is not writable")
+    paths.check_writable(path, "directory")  # a probe file: `os.access` says yes to root everywhere
     if in_use is None:
         flags = os.environ.get("TF_XLA_FLAGS", "").strip()
         os.environ["TF_XLA_FLAGS"] = f"{flags} {_FLAG}={path}".strip()

@@ -33,7 +33,10 @@ def atomic_output(path: str) -> Iterator[str]:
     Yields:
         The temporary path to write to.
     """
-    directory, name = os.path.split(os.path.abspath(path))
+    # The real folder, not `abspath`'s: that drops `link/..` as text where the file system goes up from
+    # the link's target, and the rename must stay within the folder `path` names.
+    directory, name = os.path.split(os.fspath(path))
+    directory = os.path.realpath(directory or ".")
     _, extension = os.path.splitext(name)
     handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{extension}", dir=directory)
     os.close(handle)

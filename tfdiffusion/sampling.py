@@ -41,13 +41,18 @@ def available_memory_bytes() -> Optional[int]:
 
 
 def check_sampling_memory(network: Any, image_shape: Sequence[int], num_images: int, batch_size: int,
-                          guided: bool, available: Optional[int] = None) -> None:
+                          guided: bool, available: Optional[int] = None, *, num_images_name: str = "num_images",
+                          batch_size_name: str = "batch_size") -> None:
     """Refuses, before any work, a sampling request whose batch or result cannot fit in memory.
 
     The estimate is the network's live float32 values per image
     (`inference_memory_elements`, for networks that report it; others are
     not checked) times the batch (twice for guidance), times a safety factor
     of 2, plus the uint8 result of all `num_images`.
+
+    `num_images_name` and `batch_size_name` are the caller's names of the two
+    counts, for the message (a training run's sample grid is `num_samples`
+    images drawn in one batch).
 
     Raises:
         ValueError: with the estimate, the memory available and the largest
@@ -60,7 +65,7 @@ def check_sampling_memory(network: Any, image_shape: Sequence[int], num_images: 
     if result_bytes > available:
         raise ValueError(f"{num_images} images of {'x'.join(map(str, image_shape))} need "
                          f"{result_bytes / 2**30:.1f} GiB for the result alone; {available / 2**30:.1f} GiB "
-                         "are available. Ask for fewer `num_images`.")
+                         f"are available. Ask for fewer `{num_images_name}`.")
     per_image = getattr(network, "inference_memory_elements", None)
     if per_image is None:
         return
@@ -70,7 +75,7 @@ def check_sampling_memory(network: Any, image_shape: Sequence[int], num_images: 
         fits = int((available - result_bytes) // per_image_bytes)
         raise ValueError(f"sampling {batch_size} images at once needs about {needed / 2**30:.1f} GiB "
                          f"({per_image_bytes / 2**20:.1f} MiB per image); {available / 2**30:.1f} GiB are "
-                         f"available. Use `batch_size` <= {max(fits, 1)}.")
+                         f"available. Use `{batch_size_name}` <= {max(fits, 1)}.")
 
 
 def initial_noise(seed: tf.Tensor, start: Any, shape: Sequence) -> Tuple[tf.Tensor, tf.Tensor]:

@@ -10,6 +10,12 @@ it the same way. A run folder holds:
     checkpoints/run.json     the run's settings, for --resume
     logs/                    TensorBoard
 
+run.json records an image-folder data set and `data_dir` as real paths
+(absolute, links resolved), so a run resumes from any directory and under
+any spelling of the same folder; "shapes" and TFDS names stay names. A run
+folder must lie apart from the data it reads (neither inside the other,
+under any spelling).
+
 A resumed run continues the step counter, learning-rate schedule, EMA and
 optimizer state from the checkpoint; a run killed before it finished is
 resumed by the same command (preemption-safe), `--resume` continues a
@@ -36,8 +42,10 @@ from tfdiffusion import data
 from tfdiffusion import distribute
 from tfdiffusion import files
 from tfdiffusion import images
+from tfdiffusion import paths
 from tfdiffusion import presets
 from tfdiffusion import samplers
+from tfdiffusion import sampling
 from tfdiffusion import validation
 from tfdiffusion.loading import MODEL_FILE
 from tfdiffusion.loading import load_model
@@ -58,6 +66,9 @@ DEFAULT_NUM_SAMPLES = 64
 # What a resumed run cannot change: its weights, optimizer and data were made with these.
 FIXED_ON_RESUME = ("preset", "dataset", "data_dir", "image_size", "batch_size", "learning_rate",
                    "num_timesteps", "seed", "mixed_precision")
+# `keras.utils.set_random_seed` seeds numpy's generator, which takes seeds in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+_APART = "a run folder and the data it reads must lie apart, or the run's files would mix with the data"
 
 
 class RunError(ValueError):
@@ -70,12 +81,13 @@ class TrainSettings:
 
     Attributes:
         preset: a name from `presets.PRESETS`.
-        dataset: "shapes", a TFDS name or an image folder.
-        data_dir: where TFDS data lives.
+        dataset: "shapes", a TFDS name or an image folder (`data.load_dataset`
+            decides which, in that order); a folder is recorded as its real path.
+        data_dir: where TFDS data lives (recorded as its real path).
         image_size, batch_size, learning_rate, num_timesteps: as the preset's fields.
         steps: training steps in total (a resumed run continues up to it).
         epochs: passes over the data instead of `steps`.
-        seed: weight initialisation, data order and sample noise.
+        seed: weight initialisation, data order and sample noise, in [0, 2**32 - 1].
         sampler, sample_steps, num_samples, guidance_scale: the sample grid.
         checkpoint_every: save a checkpoint every this many steps (besides every epoch).
         sample_every: draw a fixed-seed grid (progress/samples_stepNNNNNNN.png and
@@ -127,7 +139,11 @@ def _check_settings(settings: Dict[str, Any]) -> None:
         if settings.get(key) is not None:
             validation.check_int(key, settings[key], minimum)
     if settings.get("seed") is not None:
-        validation.check_int("seed", settings["seed"], None)
+        validation.check_int("seed", settings["seed"], 0, MAX_SEED)
+    for key in ("dataset", "data_dir"):
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
+            raise TypeError(f"`{key}` must be a non-empty string or path. Received: {key}={value!r}")
     if settings.get("learning_rate") is not None:
         validation.check_number("learning_rate", settings["learning_rate"], 0.0, min_inclusive=False)
     if settings.get("guidance_scale") is not None:
@@ -209,6 +225,79 @@ def _float_or_none(value):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _recorded_dataset(name: str):
+    """`(name as run.json records it, kind)`: "shapes" and TFDS names as given, an image folder
+    (`data.dataset_kind`, read in the current directory) as its real path."""
+    name = os.fspath(name)
+    kind = data.dataset_kind(name)
+    return (paths.real_path(name) if kind == "folder" else name), kind
+
+
+def _given_paths(given: Dict[str, Any]) -> Dict[str, Any]:
+    """The given `dataset` and `data_dir` as run.json records them (see `_recorded_dataset`)."""
+    given = dict(given)
+    if given.get("dataset") is not None:
+        given["dataset"] = _recorded_dataset(given["dataset"])[0]
+    if given.get("data_dir") is not None:
+        given["data_dir"] = paths.real_path(given["data_dir"])
+    return given
+
+
+def _saved_paths(saved: Dict[str, Any], log: Callable[[str], None]) -> Dict[str, Any]:
+    """The resumed run's `dataset` and `data_dir` as this version records them.
+
+    A run.json with `dataset_kind` holds real paths already. One written by
+    an earlier version holds the paths as they were given, relative to the
+    directory that run was started in, which it did not record: they are
+    read relative to the current directory (where the earlier version read
+    them too), and the run.json is rewritten with the real paths.
+
+    Raises:
+        RunError: the run trained on a TFDS data set whose name is also a
+            folder in the current directory (which would be read instead).
+    """
+    saved = dict(saved)
+    if saved.get("dataset_kind") is not None:
+        if saved["dataset_kind"] == "tfds" and data.dataset_kind(saved["dataset"]) == "folder":
+            raise RunError(f"cannot `resume`: the run trained on the TFDS data set {saved['dataset']!r}, but "
+                           f"{saved['dataset']!r} is also a path in the current directory {os.getcwd()!r}, which "
+                           "would be read instead; resume from another directory")
+        return saved
+    for key, resolve in (("dataset", lambda value: _recorded_dataset(value)[0]), ("data_dir", paths.real_path)):
+        if saved.get(key) is not None and resolve(saved[key]) != saved[key]:
+            log(f"The run's settings (written by an earlier version) give `{key}` {saved[key]!r} relative to "
+                f"the directory it was started in; reading it relative to the current one: {resolve(saved[key])!r}")
+            saved[key] = resolve(saved[key])
+    return saved
+
+
+def _check_apart(out: str, resolved: Dict[str, Any], settings: "TrainSettings") -> None:
+    """Refuses a run folder inside the data it reads (or holding it), under any spelling.
+
+    An image folder is read through the links inside it, so the folders they
+    lead to count too; a TFDS `data_dir` receives downloads."""
+    try:
+        if resolved["dataset_kind"] == "folder":
+            shown = settings.dataset if settings.dataset is not None else resolved["dataset"]
+            paths.check_apart(out, "output_dir", shown, "dataset", _APART,
+                              inputs=paths.reachable_folders(resolved["dataset"]))
+        if resolved["dataset_kind"] == "tfds" and resolved.get("data_dir") is not None:
+            shown = settings.data_dir if settings.data_dir is not None else resolved["data_dir"]
+            paths.check_apart(out, "output_dir", shown, "data_dir", _APART)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
+def _check_sample_grid(model, num_samples: int, guidance_scale: float) -> None:
+    """Refuses, before training, a sample grid that cannot be drawn (in one batch) after it."""
+    try:
+        sampling.check_sampling_memory(model.ema_network, model.image_shape, num_samples, num_samples,
+                                       guided=model.num_classes is not None and guidance_scale != 1.0,
+                                       num_images_name="num_samples", batch_size_name="num_samples")
+    except ValueError as error:
+        raise RunError(f"the sample grid drawn after training: {error}") from None
 
 
 def _tensorboard(log_dir, log):
@@ -310,10 +399,16 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
         The summary written to train_summary.json.
 
     Raises:
-        RunError: the folder, the settings or the resume request is wrong.
+        RunError: the folder, the settings or the resume request is wrong (a
+            run folder inside the data it reads, or holding it, under any
+            spelling; a sample grid that cannot be drawn).
         ValueError: a setting or the data set is invalid (raised before training).
+        TypeError: `output_dir`, `dataset` or `data_dir` is not a non-empty path,
+            or a setting has the wrong type.
     """
     begin = time.time()
+    if not isinstance(output_dir, (str, os.PathLike)) or not os.fspath(output_dir):
+        raise TypeError(f"`output_dir` must be a non-empty folder path. Received: output_dir={output_dir!r}")
     out = os.fspath(output_dir)
     settings = settings or TrainSettings()
     checkpoint, run_file = os.path.join(out, CHECKPOINT_FILE), os.path.join(out, RUN_FILE)
@@ -324,13 +419,13 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
     saved = None
     if resume and os.path.isfile(run_file):
         with open(run_file) as file:
-            saved = json.load(file)
-    resolved = resolve_settings(settings.given(), saved)
+            saved = _saved_paths(json.load(file), log)
+    _check_settings(settings.given())
+    resolved = resolve_settings(_given_paths(settings.given()), saved)
+    # Also the preset's default name, which a folder of that name in the current directory would shadow.
+    resolved["dataset"], resolved["dataset_kind"] = _recorded_dataset(resolved["dataset"])
     preset = presets.get_preset(resolved["preset"])
-    data_folder = os.path.abspath(resolved["dataset"]) if os.path.isdir(resolved["dataset"]) else None
-    if data_folder and os.path.commonpath([os.path.abspath(out), data_folder]) == data_folder:
-        raise RunError(f"`output_dir` {out!r} is inside the data set folder {resolved['dataset']!r}: the run's "
-                       "files would become training images. Choose a folder outside it")
+    _check_apart(out, resolved, settings)
     # The strategy first: a multi-worker one must exist before TensorFlow runs anything else.
     strategy = distribute.get_strategy(resolved["strategy"], log=log)
     distribute.check_global_batch(resolved["batch_size"], strategy)
@@ -365,6 +460,8 @@ def train(output_dir: str, settings: Optional[TrainSettings] = None, resume: boo
             resolved["steps_per_epoch"] = int(steps_per_epoch)
             with strategy.scope():
                 model = _build_model(resolved, preset, dataset, resumed)
+            _check_sample_grid(model, resolved["num_samples"],
+                               resolved["guidance_scale"] if model.num_classes else 1.0)
         except BaseException:
             if created:  # Leave nothing behind when failing before training.
                 shutil.rmtree(out, ignore_errors=True)

@@ -48,7 +48,12 @@ def _use_compilation_cache(args):
     if not hasattr(args, "no_compilation_cache") or args.no_compilation_cache:
         return
     if args.compilation_cache is not None:
-        compilation_cache.enable_compilation_cache(args.compilation_cache, lowered_steps=True)
+        commands.check_output_apart(args.compilation_cache, "compilation_cache", args)
+        try:
+            compilation_cache.enable_compilation_cache(args.compilation_cache, lowered_steps=True)
+        except (ValueError, TypeError) as error:  # its argument is `directory`: name the flag
+            raise CLIError(_one_line(error).replace("the compilation cache `directory`", "--compilation-cache")
+                           .replace("`directory`", "--compilation-cache")) from None
         return
     try:
         compilation_cache.enable_compilation_cache(lowered_steps=True)

@@ -16,6 +16,7 @@ from tfdiffusion import data
 from tfdiffusion import features
 from tfdiffusion import images
 from tfdiffusion import metrics
+from tfdiffusion import paths
 from tfdiffusion import samplers
 from tfdiffusion import sampling
 from tfdiffusion import training
@@ -25,11 +26,15 @@ from tfdiffusion.cli.parser import DEFAULT_EVALUATE_IMAGES
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_BATCH
 from tfdiffusion.cli.parser import DEFAULT_SAMPLE_STEPS
 from tfdiffusion.cli.parser import GRID_EXTENSIONS
+from tfdiffusion.cli.parser import MAX_NETWORK_EVALUATIONS
 from tfdiffusion.cli.parser import CLIError
+from tfdiffusion.export import resolve_version_dir
 from tfdiffusion.loading import load_model
+from tfdiffusion.loading import resolve_model_path
+from tfdiffusion.served_model import is_saved_model
 from tfdiffusion.served_model import load_generator
 
-__all__ = ["convert", "evaluate", "export", "sample", "train"]
+__all__ = ["check_output_apart", "convert", "evaluate", "export", "sample", "train"]
 
 
 def _one_line(error):
@@ -48,21 +53,56 @@ def _is_earlier_output(path, kind):
         return False
 
 
+def _read_paths(args):
+    """What the command reads, as `(argument name, paths)`: --model's file (a run folder's model.keras)
+    or SavedModel version folder, and an image-folder --dataset with the folders its links lead to.
+    A --model that cannot be found is left to the loader's message."""
+    found = []
+    model = getattr(args, "model", None)
+    if model is not None:
+        try:
+            found.append(("model", [resolve_version_dir(model) if is_saved_model(model)
+                                    else resolve_model_path(model)]))
+        except (ValueError, OSError):
+            pass
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None and data.dataset_kind(dataset) == "folder":
+        found.append(("dataset", [dataset, *paths.reachable_folders(dataset)]))
+    return found
+
+
+def check_output_apart(output, name, args):
+    """Refuses an output (a file or a folder) that is, or lies inside, something the command reads
+    (`_read_paths`), under any spelling; `name` is its argument, e.g. "output" for --output."""
+    for input_name, inputs in _read_paths(args):
+        try:
+            paths.check_not_inside(output, name, inputs, input_name,
+                                   "an output must never be written over or into what the command reads")
+        except ValueError as error:
+            raise CLIError(_one_line(error)) from None
+
+
+def _check_writable(path, name):
+    try:
+        paths.check_writable(path, name)
+    except ValueError as error:
+        raise CLIError(_one_line(error)) from None
+
+
 def _check_output_file(path, flag, kind, overwrite, extensions):
-    """Refuses an output path before any work: wrong extension, a directory, a missing or
-    unwritable folder, or an existing file (replaced only with --overwrite, and only if it is
+    """Refuses an output path before any work: wrong extension, a directory, a missing folder or one
+    that takes no new file, or an existing file (replaced only with --overwrite, and only if it is
     an earlier output of the same kind)."""
     if not path.lower().endswith(extensions):
         raise CLIError(f"{flag} {path!r} must end in {' or '.join(extensions)}")
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = paths.real_path(os.path.dirname(path) or ".")
     if os.path.isdir(path):
         raise CLIError(f"{flag} {path!r} is a directory; give a file name")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise CLIError(f"cannot write {flag} {path!r}: {directory!r} is a file, not a directory")
     if not os.path.isdir(directory):
         raise CLIError(f"cannot write {flag} {path!r}: directory {directory!r} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise CLIError(f"cannot write {flag} {path!r}: directory {directory!r} is not writable")
+    _check_writable(path, flag.lstrip("-"))
     if os.path.lexists(path):
         if not _is_earlier_output(path, kind):
             what = "an image grid" if kind == "grid" else "an .npz of sampled images"
@@ -79,12 +119,22 @@ def _load(path, flag="--model"):
 
 
 def _progress_printer(file=None):
+    """Prints each finished batch with the time so far and, from the speed so far, the time left."""
     begin = time.time()
 
     def progress(done, total):
-        print(f"sampled {done}/{total} images ({time.time() - begin:.1f}s)", file=file or sys.stdout, flush=True)
+        elapsed = time.time() - begin
+        left = f", about {_duration(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        print(f"sampled {done}/{total} images ({elapsed:.1f}s{left})", file=file or sys.stdout, flush=True)
 
     return progress
+
+
+def _duration(seconds):
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _sampler_options(args, sampler):
@@ -102,6 +152,19 @@ def _sampler_options(args, sampler):
         raise CLIError(f"--spacing {args.spacing} applies to --sampler {', '.join(users)} only. "
                        f"Received: --sampler {sampler}")
     return options
+
+
+def _check_run_length(args, num_images, sampler, steps, guided):
+    """Refuses a sampling run of more than MAX_NETWORK_EVALUATIONS network evaluations (of one image each)
+    without --allow-long-run; returns the count, spelled out, for the line that starts the run."""
+    per_image = samplers.get_sampler(sampler).network_evaluations(steps) * (2 if guided else 1)
+    total = num_images * per_image
+    if total > MAX_NETWORK_EVALUATIONS and not args.allow_long_run:
+        raise CLIError(f"--num-images {num_images} x {per_image} network evaluations per image ({sampler}, "
+                       f"{steps} steps{', x2 for guidance' if guided else ''}) = {total:.3g} evaluations, above "
+                       f"the {MAX_NETWORK_EVALUATIONS:.0e} a run may make without --allow-long-run (hours to days "
+                       "on a CPU); pass --allow-long-run to start it, or ask for fewer images or steps")
+    return f"{num_images} x {per_image} = {total} network evaluations"
 
 
 def _sampling_steps(args, sampler, T):
@@ -170,8 +233,11 @@ def sample(args):
         _check_output_file(png, "--output", "grid", args.overwrite, GRID_EXTENSIONS)
     if npz is not None:
         _check_output_file(npz, "--npz", "npz", args.overwrite, (".npz",))
-    if png is not None and npz is not None and os.path.abspath(png) == os.path.abspath(npz):
+    if png is not None and npz is not None and paths.real_path(png) == paths.real_path(npz):
         raise CLIError(f"--output and --npz name the same file {png!r}")
+    for output, name in ((png, "output"), (npz, "npz")):
+        if output is not None:
+            check_output_apart(output, name, args)
     options = _sampler_options(args, args.sampler)
     try:  # a .keras file, a run folder or an exported SavedModel; says which
         model = load_generator(args.model, log=lambda line: print(line, flush=True), trust_graph=args.trust_model)
@@ -195,8 +261,10 @@ def sample(args):
         else:
             labels, columns = training.grid_layout(num_images, model.num_classes)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    guided = model.num_classes is not None and args.guidance_scale != 1.0
+    evaluations = _check_run_length(args, num_images, args.sampler, steps, guided)
     batch_size = args.batch_size or _fitting_batch(model, num_images, args.guidance_scale)
-    print(f"Sampling {num_images} images ({args.sampler}, {steps} steps, seed {seed})", flush=True)
+    print(f"Sampling {num_images} images ({args.sampler}, {steps} steps, seed {seed}): {evaluations}", flush=True)
     try:
         generated = model.generate(num_images, sampler=args.sampler, num_steps=steps, seed=seed, labels=labels,
                                    guidance_scale=args.guidance_scale, options=options, spacing=args.spacing,
@@ -237,6 +305,7 @@ def evaluate(args):
         return _evaluate_quality(args)
     given = [_flag(name) for name in _QUALITY_FLAGS if getattr(args, name) is not None]
     given += ["--download-inception"] if args.download_inception else []
+    given += ["--allow-long-run"] if args.allow_long_run else []
     given += ["--features"] if args.features != "auto" else []
     given += ["--trust-model"] if args.trust_model else []
     if given:
@@ -369,9 +438,11 @@ def _evaluate_quality(args):
     num_images = len(real)
     if num_images < 2:
         raise CLIError(f"--dataset {args.dataset!r} has {num_images} image(s); --metric {args.metric} needs 2 or more")
+    evaluations = _check_run_length(args, num_images, sampler, steps,
+                                    model.num_classes is not None and guidance_scale != 1.0)
     labels = real_labels if model.num_classes is not None else None
-    print(f"Generating {num_images} images ({sampler}, {steps} steps, seed {args.seed}) against {num_images} "
-          f"real images of {args.dataset}; {feature_name} features", file=sys.stderr, flush=True)
+    print(f"Generating {num_images} images ({sampler}, {steps} steps, seed {args.seed}; {evaluations}) against "
+          f"{num_images} real images of {args.dataset}; {feature_name} features", file=sys.stderr, flush=True)
     try:
         generated = model.generate(num_images, sampler=sampler, num_steps=steps, seed=args.seed, labels=labels,
                                    guidance_scale=guidance_scale, options=options or None, spacing=args.spacing,
@@ -404,6 +475,7 @@ def _evaluate_quality(args):
 
 # ---------------------------------------------------------------- convert
 def convert(args):
+    _check_writable(args.output, "output")
     try:
         limit = {} if args.max_parameters is None else {"max_parameters": args.max_parameters}
         model = convert_diffusers(args.from_diffusers, args.output, overwrite=args.overwrite, **limit)
@@ -417,9 +489,14 @@ def convert(args):
 
 # ----------------------------------------------------------------- export
 def export(args):
-    output = os.path.abspath(args.output)
-    if args.overwrite and os.path.abspath(args.model).startswith(output + os.sep):
-        raise CLIError(f"--model {args.model!r} lies inside --output {args.output!r}, which --overwrite may replace")
+    if args.overwrite:
+        for _, model_files in _read_paths(args):
+            try:
+                paths.check_not_inside(model_files[0], "model", [args.output], "output",
+                                       "--overwrite may replace what lies there")
+            except ValueError as error:
+                raise CLIError(_one_line(error)) from None
+    _check_writable(args.output, "output")
     if args.threshold is not None and args.threshold > 1:
         raise CLIError(f"--threshold must be a percentile in (0, 1]. Received: {args.threshold}")
     if args.spacing is not None:

@@ -17,6 +17,10 @@ DEFAULT_SAMPLE_BATCH = 256
 DEFAULT_EVALUATE_IMAGES = 1000
 EVALUATE_METRICS = ("bpd", "loss", "fid", "kid")
 GRID_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# The most network evaluations (of one image each) `sample` and `evaluate --metric fid|kid` start without
+# --allow-long-run: 200 steps for 50,000 images; hours for a small model on a CPU, days for a large one
+# (benchmarks/README.md: 12 evaluations/s for ddpm-cifar10, 150 for mnist-small on 2 CPU cores).
+MAX_NETWORK_EVALUATIONS = 10**7
 
 
 class CLIError(Exception):
@@ -31,20 +35,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- arguments
-def _int_at_least(minimum):
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
+_POWERS = {INT64_MIN: "-2**63", INT64_MAX: "2**63 - 1", INT32_MIN: "-2**31", INT32_MAX: "2**31 - 1",
+           training.MAX_SEED: "2**32 - 1"}
+
+
+def _int_in(minimum, maximum=INT64_MAX, name=None):
+    """An integer flag in [minimum, maximum]; by default at most int64's largest value, which every
+    count, size and seed must fit (TensorFlow holds them as int64)."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer. Received: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}. Received: {text}")
+        if value < minimum or value > maximum:
+            bound = (f">= {minimum}" if maximum == INT64_MAX and minimum >= 0 and value < minimum else
+                     f"in [{_POWERS.get(minimum, minimum)}, {_POWERS.get(maximum, maximum)}]")
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}. Received: {text}")
         return value
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = name or f"integer >= {minimum}"
     return parse
 
 
-_positive_int = _int_at_least(1)
+_positive_int = _int_in(1)
+_seed = _int_in(INT64_MIN, INT64_MAX, name="seed")
+_train_seed = _int_in(0, training.MAX_SEED, name="seed")  # what `keras.utils.set_random_seed` takes
+_label = _int_in(INT32_MIN, INT32_MAX, name="label")
 
 
 def _float_in(minimum, strict):
@@ -74,12 +91,27 @@ def _finite_float(text):
 _finite_float.__name__ = "number"
 
 
+def _text(text):
+    """A path or a name: any string but the empty one (which a shell gives for an unset variable, and which
+    would mean the current directory or the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path or a name. Received: {text!r}")
+    return text
+
+
+_text.__name__ = "path or name"
+
+
 def _label_list(text):
     try:
         labels = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers such as 0,1,2. Received: {text!r}") from None
+    for label in labels:
+        if not INT32_MIN <= label <= INT32_MAX:
+            raise argparse.ArgumentTypeError(f"labels must be integers in [-2**31, 2**31 - 1] (int32). "
+                                             f"Received: {label}")
     return labels
 
 
@@ -99,7 +131,7 @@ def _add_jit_flag(parser, default_text):
         help=f"compile with XLA, or not (default: {default_text})")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument(
-        "--compilation-cache", metavar="DIR",
+        "--compilation-cache", metavar="DIR", type=_text,
         help="keep XLA's compiled programs in DIR, so that a later run of the same configuration "
         "starts without compiling (default: $TFDIFFUSION_CACHE_DIR, else ~/.cache/tfdiffusion/xla)")
     cache.add_argument("--no-compilation-cache", action="store_true",
@@ -108,7 +140,7 @@ def _add_jit_flag(parser, default_text):
 
 def _add_data_dir(parser):
     parser.add_argument(
-        "--data-dir", metavar="DIR",
+        "--data-dir", metavar="DIR", type=_text,
         help="where TFDS data sets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument(
         "--skip-unreadable", action="store_true", default=None,
@@ -152,6 +184,10 @@ def _add_sampling_flags(parser, guidance=False):
     if guidance:
         parser.add_argument("--guidance-scale", type=_finite_float, metavar="W",
                             help="classifier-free guidance scale; 1 is none (default: 1.0)")
+    parser.add_argument("--allow-long-run", action="store_true",
+                        help=f"start a run of more than {MAX_NETWORK_EVALUATIONS:.0e} network evaluations of "
+                        "one image (images x evaluations per image, x2 with guidance; 200 steps for 50,000 "
+                        "images is 1e+07) (default: refuse it, printing the count)")
 
 
 def build_parser():
@@ -186,10 +222,10 @@ def build_parser():
     train.add_argument("--preset", choices=sorted(presets.PRESETS),
                        help="named configuration (default: shapes): " + "; ".join(
                            f"{name}: {p.description.rstrip('.')}" for name, p in presets.PRESETS.items()))
-    train.add_argument("--dataset", help=f"{dataset_help} (default: the preset's: "
+    train.add_argument("--dataset", type=_text, help=f"{dataset_help} (default: the preset's: "
                        f"{_preset_defaults('dataset')})")
     _add_data_dir(train)
-    train.add_argument("--output-dir", required=True, metavar="DIR",
+    train.add_argument("--output-dir", required=True, metavar="DIR", type=_text,
                        help="directory for the run's files; created if missing (required)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int,
@@ -204,10 +240,11 @@ def build_parser():
     train.add_argument("--learning-rate", type=_float_in(0.0, strict=True),
                        help=f"peak AdamW learning rate (default: the preset's: "
                        f"{_preset_defaults('learning_rate', '{:g}')})")
-    train.add_argument("--num-timesteps", type=_int_at_least(2), metavar="T",
+    train.add_argument("--num-timesteps", type=_int_in(2), metavar="T",
                        help=f"diffusion steps T (default: the preset's: {_preset_defaults('num_timesteps')})")
-    train.add_argument("--seed", type=int,
-                       help="seed of weight initialization, data order and sample noise (default: 0)")
+    train.add_argument("--seed", type=_train_seed,
+                       help="seed of weight initialization, data order and sample noise, in [0, 2**32 - 1] "
+                       "(default: 0)")
     train.add_argument("--sampler", choices=samplers.sampler_names(),
                        help=f"sampler of samples.png: ddim or ddpm (ancestral, respaced to "
                        f"--sample-steps) (default: the preset's: {_preset_defaults('sampler')})")
@@ -236,7 +273,7 @@ def build_parser():
                        help="also write checkpoints/ckpt.keras every N training steps, so that a kill "
                        "loses at most N steps (default: at the end of every epoch only, at most "
                        f"{training.MAX_STEPS_PER_EPOCH} steps)")
-    train.add_argument("--sample-every", type=_int_at_least(0), metavar="N",
+    train.add_argument("--sample-every", type=_int_in(0), metavar="N",
                        help="every N epochs, draw 16 images with the sample-grid settings and the run's seed "
                        f"into {training.PROGRESS_DIR}/samples_stepNNNNNNN.png and TensorBoard (images), to "
                        "watch the run; 0: never (default: 1, every epoch but the last, whose grid is "
@@ -257,28 +294,28 @@ def build_parser():
             "int32 [N] for a class-conditional model), each atomically. Without --output and "
             "--npz, writes samples.png. Each batch's noise is drawn from --seed and the batch's "
             "offset, so the same flags give the same images."))
-    sample.add_argument("--model", required=True, metavar="PATH",
+    sample.add_argument("--model", required=True, metavar="PATH", type=_text,
                         help="a .keras model file, a training --output-dir holding model.keras, or a "
                         "SavedModel written by `tfdiffusion export` (BASE/NAME for its latest version, or "
                         "BASE/NAME/VERSION) (required)")
     sample.add_argument("--num-images", type=_positive_int,
                         help="number of images (default: the number of --labels, else 16)")
     _add_sampling_flags(sample)
-    sample.add_argument("--seed", type=int,
-                        help="random seed; the same seed gives the same images (default: a random "
+    sample.add_argument("--seed", type=_seed,
+                        help="random seed, an int64; the same seed gives the same images (default: a random "
                         "seed, printed)")
     labels = sample.add_mutually_exclusive_group()
     labels.add_argument("--labels", type=_label_list, metavar="L1,L2,...",
                         help="class of each image, repeated to --num-images (default: for a "
                         "class-conditional model, one grid row per class)")
-    labels.add_argument("--label", type=int, metavar="L",
+    labels.add_argument("--label", type=_label, metavar="L",
                         help="one class for every image (default: see --labels)")
     sample.add_argument("--guidance-scale", type=_finite_float, default=1.0, metavar="W",
                         help="classifier-free guidance scale; 1 is none (default: 1.0)")
-    sample.add_argument("--output", metavar="PNG",
+    sample.add_argument("--output", metavar="PNG", type=_text,
                         help="write a grid image here, .png (or .jpg); never over a file that is not "
                         "an earlier grid (default: samples.png unless --npz is given)")
-    sample.add_argument("--npz", metavar="FILE",
+    sample.add_argument("--npz", metavar="FILE", type=_text,
                         help="write the images (and labels) to this .npz file; never over a file that is "
                         "not an earlier sample set (default: none)")
     sample.add_argument("--batch-size", type=_positive_int,
@@ -305,27 +342,27 @@ def build_parser():
             "(--features). Images are resized to the model's "
             "resolution; their channel count (and classes, for a class-conditional model) must "
             "match the model's. Progress goes to stderr, the JSON to stdout."))
-    evaluate.add_argument("--model", required=True, metavar="PATH",
+    evaluate.add_argument("--model", required=True, metavar="PATH", type=_text,
                           help="a .keras model file (or a training --output-dir holding model.keras); for "
                           "fid/kid also an exported SavedModel (required)")
-    evaluate.add_argument("--dataset", required=True, help=f"{dataset_help} (required)")
+    evaluate.add_argument("--dataset", required=True, type=_text, help=f"{dataset_help} (required)")
     _add_data_dir(evaluate)
-    evaluate.add_argument("--split", help="held-out split: shapes 'test' or 'train', a TFDS split "
+    evaluate.add_argument("--split", type=_text, help="held-out split: shapes 'test' or 'train', a TFDS split "
                           "such as test or train[:10%%]; not for an image folder (default: test)")
     evaluate.add_argument("--metric", choices=EVALUATE_METRICS, default="bpd",
                           help="bpd: the bound in bits/dim plus the losses; loss: the losses only, "
                           "one network call per image; fid: Frechet distance, kid: kernel (MMD) distance "
                           "between generated and real images' features (default: bpd)")
-    evaluate.add_argument("--bpd-steps", type=_int_at_least(2), metavar="K",
+    evaluate.add_argument("--bpd-steps", type=_int_in(2), metavar="K",
                           help="bound terms per image: K >= T is the full T-step bound, K < T a "
                           "stratified K-step estimate (K network calls per image) (default: T)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=64,
                           help="images per batch (default: 64)")
     evaluate.add_argument("--num-batches", type=_positive_int,
                           help="evaluate only the first N batches (default: the whole split)")
-    evaluate.add_argument("--seed", type=int, default=0,
-                          help="seed of the evaluation noise and timesteps, or of the generated images "
-                          "(default: 0)")
+    evaluate.add_argument("--seed", type=_seed, default=0,
+                          help="seed of the evaluation noise and timesteps, or of the generated images, an "
+                          "int64 (default: 0)")
     quality = evaluate.add_argument_group("fid and kid", "generated against real images (--metric fid or kid only)")
     quality.add_argument("--num-images", type=_positive_int,
                          help=f"images generated and real images compared; FID needs 2 or more, KID 2 or "
@@ -334,13 +371,13 @@ def build_parser():
                          help="feature space: shapes (the shipped shapes network, offline), inception "
                          "(InceptionV3 pool features, 2048-d, 299x299), auto: shapes for --dataset shapes, "
                          "else inception (default: auto)")
-    quality.add_argument("--inception-weights", metavar="FILE",
+    quality.add_argument("--inception-weights", metavar="FILE", type=_text,
                          help="a local copy of Keras' InceptionV3 notop weights (default: the Keras cache, "
                          "~/.keras/models or $KERAS_HOME/models)")
     quality.add_argument("--download-inception", action="store_true",
                          help="download the InceptionV3 weights (87 MB) into the Keras cache if missing "
                          "(default: never reach the network)")
-    quality.add_argument("--kid-subset-size", type=_int_at_least(2), metavar="M",
+    quality.add_argument("--kid-subset-size", type=_int_in(2), metavar="M",
                          help="KID: images per subset, capped at --num-images (default: 1000)")
     _add_sampling_flags(quality, guidance=True)
     _add_jit_flag(evaluate, "Keras' 'auto' for bpd/loss: XLA except on CPU-only machines; yes for fid/kid")
@@ -355,10 +392,10 @@ def build_parser():
             "scheduler/, or those files at the top level) into a tfdiffusion DiffusionModel and write it "
             "as a .keras file, atomically. No PyTorch needed. Anything the converter does not "
             "understand is an error naming the key."))
-    convert.add_argument("--from-diffusers", metavar="PATH", required=True,
+    convert.add_argument("--from-diffusers", metavar="PATH", required=True, type=_text,
                          help="diffusers model folder, or a hub id such as google/ddpm-cifar10-32 when "
                          "huggingface_hub is installed and online (required)")
-    convert.add_argument("--output", metavar="FILE.keras", required=True,
+    convert.add_argument("--output", metavar="FILE.keras", required=True, type=_text,
                          help="the .keras file to write (required)")
     convert.add_argument("--overwrite", action="store_true",
                          help="replace an existing --output (default: refuse)")
@@ -377,12 +414,12 @@ def build_parser():
             "--default-sampler, and denoise. Requests above --max-images images, with num_steps outside "
             "[1, T] or labels out of range are refused in the graph before any work. An existing version is "
             "never replaced without --overwrite."))
-    export.add_argument("--model", required=True, metavar="PATH",
+    export.add_argument("--model", required=True, metavar="PATH", type=_text,
                         help="a .keras model file (or a training --output-dir holding model.keras) (required)")
-    export.add_argument("--output", required=True, metavar="BASE/NAME",
+    export.add_argument("--output", required=True, metavar="BASE/NAME", type=_text,
                         help="the model directory a server watches (TF Serving's --model_base_path); the "
                         "SavedModel goes to BASE/NAME/VERSION (required)")
-    export.add_argument("--version", type=_int_at_least(0),
+    export.add_argument("--version", type=_int_in(0),
                         help="integer version (default: one above the highest in --output, or 1)")
     export.add_argument("--max-images", type=_positive_int, default=16,
                         help="the largest batch one request may ask for (default: 16)")

@@ -11,11 +11,19 @@ from tfdiffusion.data.folder import load_image_folder
 from tfdiffusion.data.pipeline import ImageDataset
 from tfdiffusion.data.tfds_loader import load_tfds
 
-__all__ = ["load_dataset"]
+__all__ = ["dataset_kind", "load_dataset"]
 
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def dataset_kind(name: str) -> str:
+    """How `load_dataset` reads `name`: "shapes" (the built-in data, even where a folder of that name
+    exists), "folder" (an existing path, relative to the current directory or absolute), else "tfds"."""
+    if name == "shapes":
+        return "shapes"
+    return "folder" if os.path.exists(name) else "tfds"
 
 
 def load_dataset(name: str, split: Optional[str] = None, image_size: int = 32, batch_size: int = 64, *,
@@ -57,10 +65,11 @@ def load_dataset(name: str, split: Optional[str] = None, image_size: int = 32, b
     seed = validation.check_seed("seed", seed)
     options = dict(shuffle=training, seed=seed, drop_remainder=training)
     try:
-        if name == "shapes":
+        kind = dataset_kind(name)
+        if kind == "shapes":
             return load_shapes(split or "train", image_size, batch_size, with_labels=with_labels is not False,
                                **options)
-        if os.path.exists(name):
+        if kind == "folder":
             if split is not None:
                 raise ValueError(f"a split ({split!r}) applies to shapes and TFDS, not to the image folder")
             return load_image_folder(name, image_size, batch_size, channels=channels, random_flip=training,
