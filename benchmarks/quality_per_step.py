@@ -173,11 +173,17 @@ def main(argv=None):
                         help=f"CURVE@NFE points repeated with more images (default: {','.join(CONFIRM)}; '' for none)")
     parser.add_argument("--confirm-per-class", type=int, default=128,
                         help="images per class for the --confirm points (default: 128)")
+    parser.add_argument("--max-step-ratio", type=float,
+                        help="DPM-Solver++'s step-ratio bound (samplers.dpm_solver.MAX_STEP_RATIO; default: the "
+                             "package's; inf: no bound, as before it existed)")
     args = parser.parse_args(argv)
 
     import keras  # noqa: F401  (after argparse: --help stays fast)
     import tfdiffusion  # noqa: F401  (registers the classes for loading)
     from tfdiffusion import presets, shapes
+    from tfdiffusion.samplers import dpm_solver
+    if args.max_step_ratio is not None:
+        dpm_solver.MAX_STEP_RATIO = args.max_step_ratio  # read when the samplers are traced, below
 
     os.makedirs(args.output_dir, exist_ok=True)
     json_path = os.path.join(args.output_dir, "results.json")
@@ -199,7 +205,8 @@ def main(argv=None):
                "settings": {"num_images": int(len(labels)), "per_class": args.per_class, "seed": args.seed,
                             "guidance_scale": args.guidance_scale, "num_real": args.num_real,
                             "model_spacing": model.spacing, "num_timesteps": model.diffusion.num_timesteps,
-                            "mean_type": model.diffusion.model_mean_type},
+                            "mean_type": model.diffusion.model_mean_type,
+                            "max_step_ratio": dpm_solver.MAX_STEP_RATIO},
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                "curves": {}, "ablation": {}, "confirm": {}}
     if args.resume and os.path.exists(json_path):

@@ -58,6 +58,23 @@ def test_q_sample_statistics_monte_carlo():
     assert samples.var() == pytest.approx(1 - abar[7], rel=0.03)
 
 
+@pytest.mark.parametrize("t", [999, 998])
+def test_x0_from_epsilon_is_accurate_where_abar_is_tiny(t):
+    # x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) (DDPM Eq. 4 solved for x_0), float64 from the same
+    # float32 inputs. At the cosine schedule's last steps (abar = 2.4e-9 at t = 999, 2.4e-6 at 998) x_t
+    # and eps nearly cancel and the difference is scaled by up to 2e4. Tolerance 1e-3, an eighth of an
+    # 8-bit level (2 / 255): the expanded form sqrt(1/abar) x_t - sqrt(1/abar - 1) eps, which rounds two
+    # nearly equal float32 coefficients first, is off by 5e-3 at t = 999; the form above by 1e-4.
+    betas = schedules.get_beta_schedule("cosine", 1000)
+    abar = np.cumprod(1.0 - betas)[t]
+    rng = np.random.default_rng(t)
+    eps = rng.standard_normal((64, 4, 4, 3)).astype(np.float32)
+    x_t = (np.sqrt(abar) * rng.uniform(-1, 1, eps.shape) + np.sqrt(1 - abar) * eps).astype(np.float32)
+    reference = (x_t.astype(np.float64) - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+    got = GaussianDiffusion(betas).predict_xstart_from_eps(tf.constant(x_t), tf.fill([64], t), tf.constant(eps))
+    np.testing.assert_allclose(got.numpy(), reference, rtol=0, atol=1e-3)
+
+
 def test_posterior_matches_bayes_rule():
     # Independent derivation: x_{t-1} | x0 ~ N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}) and
     # x_t | x_{t-1} ~ N(sqrt(alpha_t) x_{t-1}, beta_t); condition on x_t (product of Gaussians).

@@ -173,7 +173,6 @@ class GaussianDiffusion(ReverseProcess, DiffusionLosses, DiffusionSampling):
                 sqrt_one_minus_abar=np.sqrt(1.0 - abar),
                 log_one_minus_abar=np.log(1.0 - abar),
                 sqrt_recip_abar=np.sqrt(1.0 / abar),
-                sqrt_recipm1_abar=np.sqrt(1.0 / abar - 1.0),
                 abar=abar,
                 abar_prev=abar_prev,
                 posterior_variance=posterior_variance,

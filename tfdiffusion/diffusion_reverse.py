@@ -14,7 +14,7 @@ import tensorflow as tf
 __all__ = ["ReverseProcess"]
 
 # Schedule values the conversions between eps, x0 and v use.
-_CONVERSION_COEFFICIENTS = ("sqrt_abar", "sqrt_one_minus_abar", "sqrt_recip_abar", "sqrt_recipm1_abar")
+_CONVERSION_COEFFICIENTS = ("sqrt_abar", "sqrt_one_minus_abar", "sqrt_recip_abar")
 
 
 class ReverseProcess:
@@ -32,12 +32,15 @@ class ReverseProcess:
         if abar.shape.rank:
             abar = tf.reshape(abar, [-1] + [1] * (like.shape.rank - 1))
         values = dict(sqrt_abar=tf.sqrt(abar), sqrt_one_minus_abar=tf.sqrt(1.0 - abar),
-                      sqrt_recip_abar=1.0 / tf.sqrt(abar), sqrt_recipm1_abar=tf.sqrt(1.0 / abar - 1.0))
+                      sqrt_recip_abar=1.0 / tf.sqrt(abar))
         return {name: tf.cast(value, tf.float32) for name, value in values.items()}
 
     @staticmethod
     def _xstart_from_eps(x_t, eps, coef):
-        return coef["sqrt_recip_abar"] * x_t - coef["sqrt_recipm1_abar"] * eps
+        # (x_t - sqrt(1 - abar) eps) / sqrt(abar): the difference is taken at the scale of x_t. The
+        # expanded form sqrt(1/abar) x_t - sqrt(1/abar - 1) eps rounds two nearly equal large float32
+        # coefficients first (both 2.03e4 at the cosine schedule's last step) and loses more.
+        return coef["sqrt_recip_abar"] * (x_t - coef["sqrt_one_minus_abar"] * eps)
 
     @staticmethod
     def _eps_from_xstart(x_t, pred_xstart, coef):

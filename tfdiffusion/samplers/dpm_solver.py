@@ -11,7 +11,19 @@ from tfdiffusion.samplers.registry import Sampler
 from tfdiffusion.samplers.registry import bounded_loop
 from tfdiffusion.samplers.registry import register_sampler
 
-__all__ = ["DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M"]
+__all__ = ["MAX_STEP_RATIO", "DPMSolverPP2M", "DPMSolverPP2MSDE", "DPMSolverPP3M", "step_order"]
+
+
+# The largest ratio between a step in lambda and the one before it that a multistep update of order > 1
+# may span. The second-order update evaluates the line through the last two predictions at the step's
+# midpoint (D = m0 + (h / (2 h1)) (m0 - m1), Lu et al. 2022b, Algorithm 2): with h <= 2 h1 that point
+# lies at most one history step beyond the predictions the line was drawn through, and the weight on
+# their difference stays <= 1. Variable-step multistep codes bound the step-size ratio for the same
+# reason; 2 is the usual "at most double the step". Spaced grids at T = 1000 break it only at the step
+# onto the first trained timestep of "leading" and "linspace" grids (h / h1 = 2.3-5; every other ratio,
+# and every ratio of "trailing" and "karras" grids, is below 1.7), where x_theta, which levels off as
+# lambda grows, would be over-extrapolated (tests/test_solvers.py measures it with an exact denoiser).
+MAX_STEP_RATIO = 2.0
 
 
 def _order_reason(order: int) -> str:
@@ -37,10 +49,13 @@ class _DPMSolverPP(Sampler):
 
     (Lu et al. 2022b, Sec. 4.1), with x_theta extrapolated from the last
     `order` predictions (kept in the loop state). The order of a step is
-    min(order, steps taken + 1, steps left): the first steps lack history,
-    and the order drops over the final steps ("lower order final", Lu et al.
-    2022b, Sec. 4.2); the last step, onto the data (h infinite), is first
-    order and returns its x_0 prediction. Exact also for a zero-terminal-SNR
+    min(order, steps taken + 1, steps left), lowered further where a step
+    is more than `MAX_STEP_RATIO` times the one before it (`step_order`):
+    the first steps lack history, the order drops over the final steps
+    ("lower order final", Lu et al. 2022b, Sec. 4.2), and the long step
+    onto the first trained timestep of a leading grid is not extrapolated
+    over; the last step, onto the data (h infinite), is first order and
+    returns its x_0 prediction. Exact also for a zero-terminal-SNR
     schedule (lambda = -inf at the first level). Learned variances are not
     used.
     """
@@ -61,9 +76,9 @@ class _DPMSolverPP(Sampler):
             lam_s, lam_t = _log_snr(abar_s), _log_snr(abar_t)
             out = self.predictions_at(model_fn, x, levels.timestep(i, batch), abar_s, model_kwargs)
             m0 = out["pred_xstart"]
-            order = tf.minimum(tf.minimum(self.order, j + 1), i + 1)
             # Step sizes in lambda: h (this step), h1, h2 (the two before; inf after a level at abar = 0).
             h, h1, h2 = lam_t - lam_s, lam_s - lam1, lam1 - lam2
+            order = step_order(self.order, j, i, h, h1, h2)
             coefficients = self._coefficients(order, h, h1, h2, tf.sqrt(abar_t),
                                               tf.sqrt((1.0 - abar_t) / (1.0 - abar_s)), eta)
             a, b0, b1, b2, noise_scale = (tf.cast(c, tf.float32) for c in coefficients)
@@ -80,6 +95,33 @@ class _DPMSolverPP(Sampler):
     def _coefficients(self, order, h, h1, h2, alpha_t, sigma_ratio, eta):
         """float64 scalars (a, b0, b1, b2, noise) with x_t = a x_s + b0 m0 + b1 m1 + b2 m2 + noise z."""
         raise NotImplementedError
+
+
+def step_order(max_order: int, j: tf.Tensor, i: tf.Tensor, h: tf.Tensor, h1: tf.Tensor,
+               h2: tf.Tensor) -> tf.Tensor:
+    """int32 scalar: the order of the multistep update from level i (the j-th step taken, 0-based).
+
+    At most `max_order`, `j + 1` (the predictions there are: the first
+    step is first order) and `i + 1` (the steps left: "lower order final",
+    Lu et al. 2022b, Sec. 4.2; the last step, onto the data, is first
+    order). A step of order k > 1 extrapolates x_theta from the k - 1 steps
+    before it, and is taken only when no step in that chain is more than
+    `MAX_STEP_RATIO` times the one before it: h <= 2 h1 for order 2, and
+    also h1 <= 2 h2 for order 3; otherwise the order drops until it is.
+    See `MAX_STEP_RATIO` for why.
+
+    Args:
+        max_order: the solver's order (2 or 3).
+        j: int32 scalar, steps taken before this one.
+        i: int32 scalar, this step's level index (the steps left minus 1).
+        h, h1, h2: float64 scalars, this step's and the two earlier steps'
+            sizes in lambda (inf before the first levels).
+    """
+    base = tf.minimum(tf.minimum(max_order, j + 1), i + 1)
+    second_ok = h <= MAX_STEP_RATIO * h1
+    third_ok = second_ok & (h1 <= MAX_STEP_RATIO * h2)
+    allowed = tf.where(third_ok, 3, tf.where(second_ok, 2, 1))
+    return tf.minimum(base, allowed)
 
 
 def _select(order, first, second, third=None):

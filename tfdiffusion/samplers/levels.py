@@ -37,9 +37,13 @@ MIN_ALPHAS_CUMPROD = 2.0**-24
 def log_sigmas(diffusion) -> np.ndarray:
     """float64 `[T]`: EDM's log sigma = log sqrt((1 - abar) / abar) per step, ascending in t.
 
-    An alpha_bar of 0 (zero terminal SNR) counts as `MIN_ALPHAS_CUMPROD`.
+    Only an alpha_bar of exactly 0 (zero terminal SNR) counts as
+    `MIN_ALPHAS_CUMPROD`; every other entry keeps its own value, however
+    small (the cosine schedule's last alpha_bar is 2.4e-9 at T = 1000, sigma
+    2.0e4, below the floor's sigma of 4096).
     """
-    floored = np.maximum(diffusion.alphas_cumprod, MIN_ALPHAS_CUMPROD)
+    alphas_cumprod = np.asarray(diffusion.alphas_cumprod, np.float64)
+    floored = np.where(alphas_cumprod > 0.0, alphas_cumprod, MIN_ALPHAS_CUMPROD)
     return 0.5 * (np.log1p(-floored) - np.log(floored))
 
 
