@@ -26,6 +26,7 @@ from PIL import Image
 import tfdiffusion as tfdiff
 from tfdiffusion import cli, data, distribute, images, schedules, training
 from tfdiffusion.diffusion import GaussianDiffusion
+from tests import strategies
 
 T = 10
 
@@ -460,7 +461,7 @@ def _api_cases():
         # data
         Case("shapes-split", lambda e: data.load_shapes("valid", 8, 4), ValueError, ["split"]),
         Case("global-batch-not-divisible", lambda e: distribute.check_global_batch(
-            3, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])), ValueError, ["batch_size=3", "divisible", "2"]),
+            3, strategies.two_cpu_replicas()), ValueError, ["batch_size=3", "divisible", "2"]),
         Case("shapes-batch-0", lambda e: data.load_shapes("train", 8, 0), ValueError, ["batch_size"]),
         Case("shapes-size-4", lambda e: data.load_shapes("train", 4, 4), ValueError, ["image_size"]),
         Case("folder-missing", lambda e: data.load_image_folder(e.path("nope")), ValueError, ["nope"]),

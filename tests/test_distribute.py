@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import tfdiffusion as tfdiff
 from tfdiffusion import distribute
+from tests import strategies
 from tests.nn.layer_checks import perturb_weights
 
 T = 20
@@ -29,7 +30,7 @@ def _data(num=8, batch=4):
 
 
 def _mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return strategies.two_cpu_replicas()
 
 
 def _pair(policy="float32"):

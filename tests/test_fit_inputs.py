@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import tfdiffusion as tfdiff
 from tfdiffusion import timestep_sampling
+from tests import strategies
 
 T = 10
 NUM_CLASSES = 3
@@ -148,7 +149,7 @@ def test_two_replicas_average_the_weighted_loss_over_the_global_batch():
     single = _model(jit_compile=True)  # XLA's draws, as the replicas'
     expected = single.fit(_batches(images, LABELS, WEIGHTS), verbose=0).history["loss"][0]
     np.testing.assert_allclose(expected, _float64_step(single, images, WEIGHTS, 0.3, 0.1)[1], rtol=1e-4)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = strategies.two_cpu_replicas()
     with strategy.scope():
         mirrored = _model(ScaledInput(NUM_CLASSES, record=False), jit_compile=True)
     history = mirrored.fit(_batches(images, LABELS, WEIGHTS), verbose=0)

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import tfdiffusion as tfdiff
 from tfdiffusion import timestep_sampling
+from tests import strategies
 from tests.nn.layer_checks import perturb_weights
 
 T = 20
@@ -246,7 +247,7 @@ def test_two_replicas_train_exactly_like_one_device():
     initial = single.network.get_weights()
     single.ema_network.set_weights(initial)
     single.compile(optimizer=keras.optimizers.SGD(0.1))
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = strategies.two_cpu_replicas()
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         mirrored = _model(label_dropout=0.5)
