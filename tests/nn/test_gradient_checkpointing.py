@@ -7,6 +7,7 @@ import sys
 
 import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -31,6 +32,7 @@ T = np.array([3, 900], np.int32)
 
 def _same_unets():
     """A UNet and its checkpointed twin with the same weights and the same dropout seed states."""
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before in this process
     plain = UNet(**TINY)
     plain.build((None, 8, 8, 3))
     perturb_weights(plain)
@@ -60,9 +62,8 @@ def _loss_and_gradients(unet, mode):
 @pytest.mark.parametrize("mode", ["eager", "graph"])  # XLA: in a fresh process, below
 def test_checkpointed_unet_gives_the_gradients_of_kept_activations(mode):
     plain, checkpointed = _same_unets()
-    with_dropout = float(tf.reduce_mean(tf.square(plain(X, T, training=True) - X)))
-    without = float(tf.reduce_mean(tf.square(plain(X, T, training=False) - X)))
-    assert abs(with_dropout - without) > 1e-3  # dropout is on, so the masks matter
+    # Dropout is on, so the masks matter: some outputs move (the mean loss alone may barely change).
+    assert np.max(np.abs(plain(X, T, training=True) - plain(X, T, training=False))) > 1e-3
     plain, checkpointed = _same_unets()  # the seed states again, as before any call
     loss, grads = _loss_and_gradients(plain, mode)
     loss_c, grads_c = _loss_and_gradients(checkpointed, mode)
